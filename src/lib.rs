@@ -1,0 +1,45 @@
+//! # herd
+//!
+//! A proxy herd: cooperating TCP servers that take location reports from clients (`IAMAT`),
+//! flood them to each other (`AT`), and answer "what is near this client?" (`WHATSAT`).
+//!
+//! One thread, one reactor written directly on mio, every connection an explicit state machine,
+//! and no async runtime. All decisions live in a sans-IO core ([`core::Node`]) that touches no
+//! socket and reads no clock; the reactor ([`driver::mio`]) only moves bytes and time in and out.
+//!
+//! ```text
+//!  client / peer sockets        Places HTTPS sockets
+//!         |  bytes                     |  bytes
+//!   +-----v-----------------------------v------+
+//!   |  driver (mio reactor)                    |  sockets, readiness, buffers, timers
+//!   +-----+-----------------------------+------+
+//!         | lines, events, now           | TLS records
+//!   +-----v-----------+         +--------v--------+
+//!   |  core::Node     |-------->| places client   |
+//!   |  decides        | queries |  (sans-IO)      |
+//!   +-----+-----------+         +-----------------+
+//!         | uses
+//!   +-----v-----------+  +-------------+
+//!   | proto (parse,   |  | herd        |
+//!   | format, lines)  |  | (locations) |
+//!   +-----------------+  +-------------+
+//! ```
+//!
+//! # Layout
+//! - [`proto`]: the wire format of PROTOCOL.md: framing, parsing, formatting.
+//! - [`herd`]: the table of client locations (newer wins).
+//! - [`core`]: [`core::Node`], one herd member's decisions: replies, flooding, peer links,
+//!   backoff, resync.
+//! - [`driver`]: the mio reactor that drives a `Node` over real sockets.
+//! - [`config`], [`cli`], [`logging`]: process set-up.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, clippy::unwrap_used)]
+
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod driver;
+pub mod herd;
+pub mod logging;
+pub mod proto;

@@ -1,1 +1,542 @@
-//! tmp
+//! The sans-IO core: one herd member's decisions, with no sockets and no clock.
+
+mod link;
+mod rng;
+#[cfg(test)]
+mod sim;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::herd::{Locations, Observed};
+use crate::proto::{self, Command, Difference};
+
+pub use link::LinkState;
+use link::Peer;
+use rng::Rng;
+
+/// A neighbour, by its position in [`NodeConfig::neighbours`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerId(pub usize);
+
+/// Everything a [`Node`] needs to know about its place in the herd.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This server's name, as written in its AT lines.
+    pub name: String,
+    /// The neighbours' names; [`PeerId`]s index this list.
+    pub neighbours: Vec<String>,
+    /// Send a neighbour every record when its link comes up.
+    pub sync_on_connect: bool,
+    /// Bytes queued for one neighbour beyond which the link is dropped and redialled: a stalled
+    /// peer must not grow our memory.
+    pub peer_output_limit: usize,
+    /// First redial delay; it doubles on each failure.
+    pub backoff_base: Duration,
+    /// Longest redial delay.
+    pub backoff_cap: Duration,
+    /// How long a dial may take before it counts as failed.
+    pub connect_timeout: Duration,
+    /// Seed for the backoff jitter, so simulations are repeatable.
+    pub seed: u64,
+}
+
+impl NodeConfig {
+    /// Defaults for everything but the names.
+    pub fn new(name: impl Into<String>, neighbours: Vec<String>) -> Self {
+        Self {
+            name: name.into(),
+            neighbours,
+            sync_on_connect: true,
+            peer_output_limit: 8 << 20,
+            backoff_base: Duration::from_millis(50),
+            backoff_cap: Duration::from_millis(1000),
+            connect_timeout: Duration::from_secs(2),
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// What the driver must do for the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Open a connection to this neighbour, then report [`Node::handle_link_up`] or
+    /// [`Node::handle_link_down`].
+    Dial(PeerId),
+    /// Close the connection to this neighbour (the node already counts it as down).
+    Disconnect(PeerId),
+}
+
+/// What became of one input line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// A reply was appended to the caller's buffer.
+    Replied,
+    /// No reply: a blank line, or an AT line.
+    Silent,
+}
+
+/// Counters, for logs, tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Updates stored (newer than what was held).
+    pub stored: u64,
+    /// Updates dropped as not newer.
+    pub stale: u64,
+    /// AT lines queued to neighbours.
+    pub flooded: u64,
+    /// `? ` replies.
+    pub invalid: u64,
+}
+
+/// Bytes of resync queued per neighbour before waiting for the socket to take them: keeps a
+/// resync of a million records from landing in memory at once.
+const SYNC_WATERMARK: usize = 64 << 10;
+
+/// One herd member: answers lines, stores and floods updates, keeps its links to its neighbours.
+///
+/// # Driving contract
+/// 1. Feed every complete input line to [`handle_line`](Self::handle_line) with the monotonic
+///    and wall-clock times it was received; the reply, if any, is appended to the buffer passed in.
+/// 2. Report link events with [`handle_link_up`](Self::handle_link_up) and
+///    [`handle_link_down`](Self::handle_link_down).
+/// 3. After any input, drain [`poll_output`](Self::poll_output) until `None` and carry out each
+///    [`Output`].
+/// 4. For each neighbour, write [`peer_transmit`](Self::peer_transmit) to its link when it is
+///    writable and report the bytes taken with [`peer_sent`](Self::peer_sent).
+/// 5. Sleep no later than [`poll_timeout`](Self::poll_timeout), then call
+///    [`handle_timeout`](Self::handle_timeout).
+///
+/// The node never reads a clock: `now` is always an argument.
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    table: Locations,
+    peers: Vec<Peer>,
+    outputs: VecDeque<Output>,
+    rng: Rng,
+    /// Reused buffer for an AT line received from a peer.
+    scratch: Vec<u8>,
+    stats: Stats,
+}
+
+impl Node {
+    /// A node with every link down and due to be dialled at `now`.
+    pub fn new(config: NodeConfig, now: Instant) -> Self {
+        let peers = config.neighbours.iter().map(|n| Peer::new(n.clone(), now)).collect();
+        Self {
+            rng: Rng::new(config.seed),
+            config,
+            table: Locations::new(),
+            peers,
+            outputs: VecDeque::new(),
+            scratch: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// This server's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The table of known clients.
+    pub fn locations(&self) -> &Locations {
+        &self.table
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Number of neighbours.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// A neighbour's name.
+    pub fn peer_name(&self, peer: PeerId) -> &str {
+        &self.peers[peer.0].name
+    }
+
+    /// A neighbour's link state.
+    pub fn link_state(&self, peer: PeerId) -> LinkState {
+        self.peers[peer.0].state
+    }
+
+    /// Handles one line received at `unix_nanos` (wall clock, nanoseconds since the epoch),
+    /// appending any reply, `\n` included, to `reply`.
+    pub fn handle_line(
+        &mut self,
+        now: Instant,
+        unix_nanos: i128,
+        line: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Handled {
+        let command = match proto::parse_line(line) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Handled::Silent,
+            Err(_) => return self.invalid(line, reply),
+        };
+        match command {
+            Command::IAmAt { client, location_raw, time_raw, time, .. } => {
+                let start = reply.len();
+                let difference = Difference::Nanos(unix_nanos - time.as_nanos());
+                let client_at = proto::write_at_line(
+                    reply,
+                    self.config.name.as_bytes(),
+                    difference,
+                    client,
+                    location_raw,
+                    time_raw,
+                );
+                let at_line = &reply[start..];
+                if self.table.observe(at_line, client_at, client.len(), time) == Observed::Newer {
+                    self.stats.stored += 1;
+                    let (peers, outputs) = (&mut self.peers, &mut self.outputs);
+                    flood(now, peers, outputs, &mut self.stats, &mut self.rng, &self.config, at_line, b"");
+                } else {
+                    self.stats.stale += 1;
+                }
+                reply.push(b'\n');
+                Handled::Replied
+            }
+            Command::At { server, difference, client, location_raw, time_raw, time } => {
+                self.scratch.clear();
+                let client_at = proto::write_at_line(
+                    &mut self.scratch,
+                    server,
+                    Difference::Raw(difference),
+                    client,
+                    location_raw,
+                    time_raw,
+                );
+                if self.table.observe(&self.scratch, client_at, client.len(), time) == Observed::Newer {
+                    self.stats.stored += 1;
+                    flood(
+                        now,
+                        &mut self.peers,
+                        &mut self.outputs,
+                        &mut self.stats,
+                        &mut self.rng,
+                        &self.config,
+                        &self.scratch,
+                        server,
+                    );
+                } else {
+                    self.stats.stale += 1;
+                }
+                Handled::Silent
+            }
+            Command::WhatsAt { client, .. } => {
+                if self.table.get(client).is_none() {
+                    return self.invalid(line, reply);
+                }
+                // The Places query is not built yet (issue 3): a valid WHATSAT for a known client
+                // answers with the invalid-command line until then.
+                self.invalid(line, reply)
+            }
+        }
+    }
+
+    fn invalid(&mut self, line: &[u8], reply: &mut Vec<u8>) -> Handled {
+        self.stats.invalid += 1;
+        proto::write_invalid(reply, trim_terminator(line));
+        Handled::Replied
+    }
+
+    /// The dial of `peer` succeeded.
+    pub fn handle_link_up(&mut self, now: Instant, peer: PeerId) {
+        let p = &mut self.peers[peer.0];
+        if !matches!(p.state, LinkState::Connecting { .. }) {
+            return;
+        }
+        p.set_state(LinkState::Up { since: now });
+        if self.config.sync_on_connect && !self.table.is_empty() {
+            log::info!("resync to {}: {} records", p.name, self.table.len());
+            p.sync = Some(0);
+            p.refill(&self.table, SYNC_WATERMARK);
+        }
+    }
+
+    /// The link to `peer` failed or closed; it will be redialled after a backoff.
+    pub fn handle_link_down(&mut self, now: Instant, peer: PeerId, reason: &str) {
+        let p = &mut self.peers[peer.0];
+        if matches!(p.state, LinkState::Down { .. }) {
+            return;
+        }
+        log::info!("link to {} down: {reason}", p.name);
+        p.go_down(now, &self.config, &mut self.rng);
+    }
+
+    /// Advances timers: dials links whose backoff ended, abandons dials that took too long.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for (i, p) in self.peers.iter_mut().enumerate() {
+            match p.state {
+                LinkState::Down { retry_at } if retry_at <= now => {
+                    p.set_state(LinkState::Connecting { deadline: now + self.config.connect_timeout });
+                    self.outputs.push_back(Output::Dial(PeerId(i)));
+                }
+                LinkState::Connecting { deadline } if deadline <= now => {
+                    log::info!("link to {} down: connect timed out", p.name);
+                    p.go_down(now, &self.config, &mut self.rng);
+                    self.outputs.push_back(Output::Disconnect(PeerId(i)));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next action for the driver.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers
+            .iter()
+            .filter_map(|p| match p.state {
+                LinkState::Down { retry_at } => Some(retry_at),
+                LinkState::Connecting { deadline } => Some(deadline),
+                LinkState::Up { .. } => None,
+            })
+            .min()
+    }
+
+    /// Bytes waiting to be written to `peer`'s link (empty unless the link is up).
+    #[must_use]
+    pub fn peer_transmit(&self, peer: PeerId) -> &[u8] {
+        self.peers[peer.0].pending()
+    }
+
+    /// The driver wrote `n` bytes of [`peer_transmit`](Self::peer_transmit).
+    pub fn peer_sent(&mut self, peer: PeerId, n: usize) {
+        self.peers[peer.0].consume(n, &self.table, SYNC_WATERMARK);
+    }
+}
+
+/// Queues `line` for every neighbour whose link is up, except the origin server named in it (it
+/// has the record already). A neighbour whose queue would pass the limit is dropped: it is
+/// redialled and resynced rather than allowed to grow our memory.
+#[allow(clippy::too_many_arguments)]
+fn flood(
+    now: Instant,
+    peers: &mut [Peer],
+    outputs: &mut VecDeque<Output>,
+    stats: &mut Stats,
+    rng: &mut Rng,
+    config: &NodeConfig,
+    line: &[u8],
+    origin: &[u8],
+) {
+    for (i, p) in peers.iter_mut().enumerate() {
+        if !matches!(p.state, LinkState::Up { .. }) || p.name.as_bytes() == origin {
+            continue;
+        }
+        if p.queued() + line.len() + 1 > config.peer_output_limit {
+            log::warn!("link to {} down: output limit of {} bytes reached", p.name, config.peer_output_limit);
+            p.go_down(now, config, rng);
+            outputs.push_back(Output::Disconnect(PeerId(i)));
+            continue;
+        }
+        p.push_line(line);
+        stats.flooded += 1;
+    }
+}
+
+/// A line without its `\n` and an `\r` before it, as echoed in a `? ` reply.
+fn trim_terminator(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i128 = 1_520_023_934_918_963_997;
+
+    fn node(neighbours: &[&str]) -> (Node, Instant) {
+        let now = Instant::now();
+        let cfg = NodeConfig::new("Hill", neighbours.iter().map(|s| s.to_string()).collect());
+        (Node::new(cfg, now), now)
+    }
+
+    fn line(n: &mut Node, unix: i128, l: &str) -> String {
+        let mut out = Vec::new();
+        n.handle_line(Instant::now(), unix, l.as_bytes(), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn up(n: &mut Node, now: Instant, p: usize) {
+        n.handle_timeout(now);
+        while n.poll_output().is_some() {}
+        n.handle_link_up(now, PeerId(p));
+    }
+
+    #[test]
+    fn iamat_replies_byte_exact() {
+        let (mut n, _) = node(&[]);
+        let got = line(
+            &mut n,
+            T0 + 263_873_386,
+            "IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997",
+        );
+        assert_eq!(got, "AT Hill +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997\n");
+        assert_eq!(
+            n.locations().get(b"kiwi.cs.ucla.edu").unwrap().line(),
+            b"AT Hill +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997"
+        );
+    }
+
+    #[test]
+    fn iamat_from_the_future_negative_difference() {
+        let (mut n, _) = node(&[]);
+        let got = line(&mut n, 1_000_000_000, "IAMAT k +1.0+1.0 4.5");
+        assert_eq!(got, "AT Hill -3.500000000 k +1.0+1.0 4.5\n");
+    }
+
+    #[test]
+    fn iamat_stale_answers_but_keeps_newer() {
+        let (mut n, _) = node(&[]);
+        line(&mut n, T0, "IAMAT k +1.0+1.0 2.0");
+        let got = line(&mut n, T0, "IAMAT k +5.0+5.0 1.0");
+        assert!(got.starts_with("AT Hill +"), "{got}");
+        assert!(n.locations().get(b"k").unwrap().line().ends_with(b"+1.0+1.0 2.0"));
+        assert_eq!(n.stats().stale, 1);
+    }
+
+    #[test]
+    fn invalid_lines_echo_without_terminator() {
+        let (mut n, _) = node(&[]);
+        assert_eq!(line(&mut n, T0, "IAMAT kiwi 34.0-118.0 1"), "? IAMAT kiwi 34.0-118.0 1\n");
+        assert_eq!(line(&mut n, T0, "HELLO\r"), "? HELLO\n");
+        assert_eq!(line(&mut n, T0, "WHATSAT nobody 10 5"), "? WHATSAT nobody 10 5\n");
+        assert_eq!(line(&mut n, T0, "  \t"), "");
+    }
+
+    #[test]
+    fn at_stored_silently_and_flooded_except_origin() {
+        let (mut n, now) = node(&["Jaquez", "Smith"]);
+        up(&mut n, now, 0);
+        up(&mut n, now, 1);
+        assert_eq!(line(&mut n, T0, "AT Jaquez +0.5 k +1.0+1.0 7"), "");
+        assert_eq!(n.peer_transmit(PeerId(0)), b"");
+        assert_eq!(n.peer_transmit(PeerId(1)), b"AT Jaquez +0.5 k +1.0+1.0 7\n");
+        // The same update again is stale: nothing more is flooded.
+        line(&mut n, T0, "AT Jaquez +0.5 k +1.0+1.0 7");
+        assert_eq!(n.peer_transmit(PeerId(1)), b"AT Jaquez +0.5 k +1.0+1.0 7\n");
+    }
+
+    #[test]
+    fn at_with_odd_spacing_stored_canonical() {
+        let (mut n, _) = node(&[]);
+        line(&mut n, T0, "\tAT  Smith\x0b+0.5 k +1.0+1.0   7 ");
+        assert_eq!(n.locations().get(b"k").unwrap().line(), b"AT Smith +0.5 k +1.0+1.0 7");
+    }
+
+    #[test]
+    fn down_peer_dial_then_up_resyncs_everything() {
+        let (mut n, now) = node(&["Jaquez"]);
+        for i in 0..3 {
+            line(&mut n, T0, &format!("IAMAT c{i} +1.0+1.0 1"));
+        }
+        assert_eq!(n.poll_timeout(), Some(now));
+        n.handle_timeout(now);
+        assert_eq!(n.poll_output(), Some(Output::Dial(PeerId(0))));
+        assert!(matches!(n.link_state(PeerId(0)), LinkState::Connecting { .. }));
+        n.handle_link_up(now, PeerId(0));
+        let sent = String::from_utf8(n.peer_transmit(PeerId(0)).to_vec()).unwrap();
+        assert_eq!(sent.lines().count(), 3, "{sent}");
+        assert!(sent.lines().all(|l| l.starts_with("AT Hill ")));
+    }
+
+    #[test]
+    fn up_without_sync_sends_nothing() {
+        let now = Instant::now();
+        let mut cfg = NodeConfig::new("Hill", vec!["Jaquez".into()]);
+        cfg.sync_on_connect = false;
+        let mut n = Node::new(cfg, now);
+        line(&mut n, T0, "IAMAT c +1.0+1.0 1");
+        up(&mut n, now, 0);
+        assert_eq!(n.peer_transmit(PeerId(0)), b"");
+    }
+
+    #[test]
+    fn resync_large_table_streams_in_chunks() {
+        let (mut n, now) = node(&["Jaquez"]);
+        for i in 0..20_000 {
+            line(&mut n, T0, &format!("IAMAT client-{i:06} +1.0+1.0 1"));
+        }
+        up(&mut n, now, 0);
+        let mut lines = 0;
+        let mut rounds = 0;
+        loop {
+            let chunk = n.peer_transmit(PeerId(0));
+            if chunk.is_empty() {
+                break;
+            }
+            assert!(chunk.len() <= SYNC_WATERMARK + 256, "chunk of {}", chunk.len());
+            lines += chunk.iter().filter(|&&b| b == b'\n').count();
+            let len = chunk.len();
+            n.peer_sent(PeerId(0), len);
+            rounds += 1;
+        }
+        assert_eq!(lines, 20_000);
+        assert!(rounds > 1);
+    }
+
+    #[test]
+    fn connecting_timeout_disconnects_and_backs_off() {
+        let (mut n, now) = node(&["Jaquez"]);
+        n.handle_timeout(now);
+        assert_eq!(n.poll_output(), Some(Output::Dial(PeerId(0))));
+        let late = now + Duration::from_secs(2);
+        assert_eq!(n.poll_timeout(), Some(late));
+        n.handle_timeout(late);
+        assert_eq!(n.poll_output(), Some(Output::Disconnect(PeerId(0))));
+        assert!(matches!(n.link_state(PeerId(0)), LinkState::Down { retry_at } if retry_at > late));
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let (mut n, now) = node(&["Jaquez"]);
+        let mut t = now;
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            n.handle_timeout(t);
+            assert_eq!(n.poll_output(), Some(Output::Dial(PeerId(0))));
+            n.handle_link_down(t, PeerId(0), "refused");
+            let LinkState::Down { retry_at } = n.link_state(PeerId(0)) else { panic!() };
+            delays.push(retry_at - t);
+            t = retry_at;
+        }
+        let base = Duration::from_millis(50);
+        for (i, d) in delays.iter().enumerate() {
+            let full = (base * 2u32.pow(i as u32)).min(Duration::from_millis(1000));
+            assert!(*d >= full / 2 && *d <= full, "attempt {i}: {d:?} not in [{:?}, {full:?}]", full / 2);
+        }
+        assert!(delays[9] >= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn stalled_peer_dropped_at_output_limit() {
+        let now = Instant::now();
+        let mut cfg = NodeConfig::new("Hill", vec!["Jaquez".into()]);
+        cfg.peer_output_limit = 1000;
+        let mut n = Node::new(cfg, now);
+        up(&mut n, now, 0);
+        let mut i = 0;
+        while matches!(n.link_state(PeerId(0)), LinkState::Up { .. }) {
+            line(&mut n, T0, &format!("IAMAT c{i} +1.0+1.0 1"));
+            i += 1;
+            assert!(i < 100);
+        }
+        assert_eq!(n.poll_output(), Some(Output::Disconnect(PeerId(0))));
+        assert_eq!(n.peer_transmit(PeerId(0)), b"");
+    }
+}

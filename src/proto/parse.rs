@@ -410,7 +410,8 @@ mod tests {
         let b = Timestamp::parse(b"1520023934.918963998").unwrap();
         assert!(a < b);
         // As f64 they are equal, which is why timestamps are never floats.
-        assert_eq!(1520023934.918963997_f64, 1520023934.918963998_f64);
+        let as_f64 = |s: &str| s.parse::<f64>().unwrap();
+        assert_eq!(as_f64("1520023934.918963997"), as_f64("1520023934.918963998"));
         let c = Timestamp::parse(b"9999999999999999999.000000001").unwrap();
         let d = Timestamp::parse(b"9999999999999999999.000000002").unwrap();
         assert!(c < d);

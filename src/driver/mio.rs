@@ -147,6 +147,9 @@ pub struct Reactor {
     dirty: Vec<usize>,
     /// Connections to remove at the end of the turn.
     closing: Vec<usize>,
+    /// Connections in [`State::Lingering`], by key and log id (a key may be reused later), so
+    /// deadlines are found without scanning every connection.
+    lingering: Vec<(Instant, usize, u64)>,
     /// Replies to lines that arrive on our own outbound links, which are not sent anywhere.
     discard: Vec<u8>,
     scratch: Box<[u8]>,
@@ -178,6 +181,7 @@ impl Reactor {
             ready: Vec::new(),
             dirty: Vec::new(),
             closing: Vec::new(),
+            lingering: Vec::new(),
             discard: Vec::new(),
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             accept_ready: true,
@@ -277,10 +281,7 @@ impl Reactor {
         if !self.ready.is_empty() || (self.accept_ready && self.accept_retry.is_none()) {
             return Some(now);
         }
-        let lingering = self.conns.iter().filter_map(|(_, c)| match c.state {
-            State::Lingering { until, .. } => Some(until),
-            _ => None,
-        });
+        let lingering = self.lingering.iter().map(|&(until, _, _)| until);
         [self.node.poll_timeout(), self.log_flush_at, self.accept_retry, self.shutdown_by]
             .into_iter()
             .flatten()
@@ -442,7 +443,7 @@ impl Reactor {
 
     fn read(&mut self, key: usize, now: Instant) {
         let wall = unix_nanos();
-        let Self { conns, node, scratch, discard, limits, dirty, ready, .. } = self;
+        let Self { conns, node, scratch, discard, limits, dirty, ready, lingering, .. } = self;
         let Some(c) = conns.get_mut(key) else { return };
         let mut budget = limits.read_budget;
         let mut close: Option<String> = None;
@@ -537,6 +538,7 @@ impl Reactor {
             }
             if overlong {
                 c.set_state(State::Lingering { until: now + LINGER, shut: false });
+                lingering.push((now + LINGER, key, c.id));
                 continue;
             }
             if n == 0 {
@@ -656,14 +658,19 @@ impl Reactor {
     }
 
     fn expire_lingerers(&mut self, now: Instant) {
-        let expired: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.state, State::Lingering { until, .. } if until <= now))
-            .map(|(k, _)| k)
-            .collect();
-        for key in expired {
-            self.close(key, now, "closed after an over-long line", true);
+        let mut i = 0;
+        while i < self.lingering.len() {
+            let (until, key, id) = self.lingering[i];
+            let live =
+                self.conns.get(key).is_some_and(|c| c.id == id && matches!(c.state, State::Lingering { .. }));
+            if !live {
+                self.lingering.swap_remove(i);
+            } else if until <= now {
+                self.lingering.swap_remove(i);
+                self.close(key, now, "closed after an over-long line", true);
+            } else {
+                i += 1;
+            }
         }
     }
 

@@ -30,6 +30,8 @@
 //! - [`herd`]: the table of client locations (newer wins).
 //! - [`core`]: [`core::Node`], one herd member's decisions: replies, flooding, peer links,
 //!   backoff, resync.
+//! - [`places`]: the Places client, sans-IO: response reading (request building, the New-to-legacy
+//!   conversion and TLS arrive with WHATSAT).
 //! - [`driver`]: the mio reactor that drives a `Node` over real sockets.
 //! - [`config`], [`cli`], [`logging`]: process set-up.
 
@@ -42,4 +44,5 @@ pub mod core;
 pub mod driver;
 pub mod herd;
 pub mod logging;
+pub mod places;
 pub mod proto;

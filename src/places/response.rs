@@ -213,7 +213,7 @@ impl ResponseReader {
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-                let last = v.split(',').map(str::trim).filter(|s| !s.is_empty()).next_back();
+                let last = v.split(',').map(str::trim).rfind(|s| !s.is_empty());
                 match last {
                     Some("chunked") => chunked = true,
                     Some("identity") | None => {}

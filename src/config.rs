@@ -20,6 +20,11 @@ pub const API_KEY_ENV: &str = "GOOGLE_PLACES_API_KEY";
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+
     /// The secret itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0

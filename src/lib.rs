@@ -30,8 +30,8 @@
 //! - [`herd`]: the table of client locations (newer wins).
 //! - [`core`]: [`core::Node`], one herd member's decisions: replies, flooding, peer links,
 //!   backoff, resync.
-//! - [`places`]: the Places client, sans-IO: response reading (request building, the New-to-legacy
-//!   conversion and TLS arrive with WHATSAT).
+//! - [`places`]: the Places client, sans-IO: request bytes for both APIs, response reading, the
+//!   New-to-legacy conversion and the WHATSAT reply body.
 //! - [`driver`]: the mio reactor that drives a `Node` over real sockets.
 //! - [`config`], [`cli`], [`logging`]: process set-up.
 

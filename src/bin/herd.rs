@@ -63,11 +63,6 @@ fn run(path: &std::path::Path, name: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log_file = config.log_file(name);
-    if let Err(e) = logging::init(&log_file, config.logging.level) {
-        eprintln!("herd: cannot open log file {}: {e}", log_file.display());
-        return ExitCode::from(1);
-    }
     let neighbours: Vec<_> = me.neighbours.iter().map(|&i| &config.servers[i]).collect();
     let mut node_config = NodeConfig::new(name, neighbours.iter().map(|s| s.name.clone()).collect());
     node_config.sync_on_connect = config.sync_on_connect;
@@ -75,15 +70,20 @@ fn run(path: &std::path::Path, name: &str) -> ExitCode {
     node_config.seed = seed();
     let endpoints = Endpoints { listen: me.addr, peers: neighbours.iter().map(|s| s.addr).collect() };
     let node = Node::new(node_config, Instant::now());
+    // Bind before opening the log, so a second `herd NAME` started by mistake writes nothing
+    // into the running server's log.
     let reactor = match Reactor::bind(node, endpoints, config.limits) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("herd: {name} cannot listen on {}: {e}", me.addr);
-            log::error!("cannot listen on {}: {e}", me.addr);
-            logging::flush();
             return ExitCode::from(1);
         }
     };
+    let log_file = config.log_file(name);
+    if let Err(e) = logging::init(&log_file, config.logging.level) {
+        eprintln!("herd: cannot open log file {}: {e}", log_file.display());
+        return ExitCode::from(1);
+    }
     log::info!(
         "{name} {} listening on {}; neighbours: {}",
         env!("CARGO_PKG_VERSION"),

@@ -126,6 +126,7 @@ impl Peer {
         let Some(mut next) = self.sync else { return };
         while self.queued() < watermark {
             let Some(record) = table.at(next) else { break };
+            log::info!("{} > {} (resync)", self.name, record.line().escape_ascii());
             self.push_line(record.line());
             next += 1;
         }

@@ -343,6 +343,7 @@ fn flood(
             outputs.push_back(Output::Disconnect(PeerId(i)));
             continue;
         }
+        log::info!("{} > {}", p.name, line.escape_ascii());
         p.push_line(line);
         stats.flooded += 1;
     }

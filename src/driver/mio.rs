@@ -442,7 +442,6 @@ impl Reactor {
     }
 
     fn read(&mut self, key: usize, now: Instant) {
-        let wall = unix_nanos();
         let Self { conns, node, scratch, discard, limits, dirty, ready, lingering, .. } = self;
         let Some(c) = conns.get_mut(key) else { return };
         let mut budget = limits.read_budget;
@@ -472,6 +471,9 @@ impl Reactor {
                     break;
                 }
             };
+            // The receive time of the lines in this chunk (not of the first read of the turn:
+            // a long read loop would make later lines look older than they are).
+            let wall = unix_nanos();
             budget -= n;
             if let State::Lingering { .. } = c.state {
                 c.discarded += n;

@@ -25,6 +25,11 @@ pub struct LineReader {
     max_line: usize,
     /// Set once an over-long line was reported; all later input is ignored.
     failed: bool,
+    /// Set when a line's handler paused the stream (see [`feed`](Self::feed)).
+    paused: bool,
+    /// Bytes received after the line that paused the stream, handed out by
+    /// [`resume`](Self::resume). At most one read's worth: the caller stops reading while paused.
+    backlog: Vec<u8>,
 }
 
 /// Capacity above which an emptied partial-line buffer is released rather than kept.
@@ -33,66 +38,113 @@ const KEEP_CAPACITY: usize = 256;
 impl LineReader {
     /// A reader that accepts lines of up to `max_line` bytes (terminator excluded).
     pub fn new(max_line: usize) -> Self {
-        Self { partial: Vec::new(), max_line, failed: false }
+        Self { partial: Vec::new(), max_line, failed: false, paused: false, backlog: Vec::new() }
     }
 
-    /// Bytes held for a line not yet complete.
+    /// Bytes held for a line not yet complete, and for lines held back by a pause.
     pub fn buffered(&self) -> usize {
-        self.partial.len()
+        self.partial.len() + self.backlog.len()
+    }
+
+    /// Whether lines are held back by a pause.
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     /// Feeds `data` and calls `on_frame` for every complete line, in order.
     ///
-    /// If `on_frame` breaks, the rest of `data` is discarded and the reader is finished: the
-    /// caller is closing the stream. Returns whether it broke.
-    pub fn feed<F>(&mut self, mut data: &[u8], mut on_frame: F) -> ControlFlow<()>
+    /// If `on_frame` breaks after a [`Frame::Line`], the stream is paused: the rest of `data` is
+    /// kept and handed out by [`resume`](Self::resume), and the caller should not feed more
+    /// until then. A break after [`Frame::Overlong`] ends the stream. Returns whether it broke.
+    pub fn feed<F>(&mut self, data: &[u8], mut on_frame: F) -> ControlFlow<()>
     where
         F: FnMut(Frame<'_>) -> ControlFlow<()>,
     {
         if self.failed {
             return ControlFlow::Break(());
         }
+        if self.paused {
+            // Fed while paused: keep the bytes in order behind the held-back ones.
+            self.backlog.extend_from_slice(data);
+            return ControlFlow::Break(());
+        }
+        let mut rest = data;
+        let flow = self.split(&mut rest, &mut on_frame);
+        if flow.is_break() && !self.failed {
+            self.paused = true;
+            self.backlog.extend_from_slice(rest);
+        }
+        flow
+    }
+
+    /// Hands out the lines held back by a pause, as [`feed`](Self::feed) would have.
+    pub fn resume<F>(&mut self, on_frame: F) -> ControlFlow<()>
+    where
+        F: FnMut(Frame<'_>) -> ControlFlow<()>,
+    {
+        self.paused = false;
+        let held = std::mem::take(&mut self.backlog);
+        let flow = self.feed(&held, on_frame);
+        if self.backlog.is_empty() && held.capacity() <= KEEP_CAPACITY {
+            self.backlog = held;
+            self.backlog.clear();
+        }
+        flow
+    }
+
+    /// The splitting itself; on a break, `data` is left at the first byte not consumed.
+    fn split<'a, F>(&mut self, data: &mut &'a [u8], on_frame: &mut F) -> ControlFlow<()>
+    where
+        F: FnMut(Frame<'_>) -> ControlFlow<()>,
+    {
+        let d: &'a [u8] = data;
         if !self.partial.is_empty() {
-            match memchr::memchr(b'\n', data) {
+            match memchr::memchr(b'\n', d) {
                 Some(i) if self.partial.len() + i <= self.max_line => {
-                    self.partial.extend_from_slice(&data[..i]);
-                    data = &data[i + 1..];
+                    self.partial.extend_from_slice(&d[..i]);
+                    *data = &d[i + 1..];
                     let flow = on_frame(Frame::Line(&self.partial));
                     self.release();
                     flow?;
                 }
                 _ => {
                     let room = self.max_line + 1 - self.partial.len().min(self.max_line + 1);
-                    self.partial.extend_from_slice(&data[..data.len().min(room)]);
+                    self.partial.extend_from_slice(&d[..d.len().min(room)]);
                     if self.partial.len() > self.max_line {
-                        return self.fail(&mut on_frame);
+                        return self.fail(on_frame);
                     }
+                    *data = &[];
                     return ControlFlow::Continue(());
                 }
             }
         }
-        while let Some(i) = memchr::memchr(b'\n', data) {
+        let mut d: &'a [u8] = data;
+        while let Some(i) = memchr::memchr(b'\n', d) {
             if i > self.max_line {
-                self.partial.extend_from_slice(&data[..self.max_line]);
-                return self.fail(&mut on_frame);
+                self.partial.extend_from_slice(&d[..self.max_line]);
+                return self.fail(on_frame);
             }
-            on_frame(Frame::Line(&data[..i]))?;
-            data = &data[i + 1..];
+            let line = &d[..i];
+            d = &d[i + 1..];
+            *data = d;
+            on_frame(Frame::Line(line))?;
         }
-        if data.len() > self.max_line {
-            self.partial.extend_from_slice(&data[..self.max_line]);
-            return self.fail(&mut on_frame);
+        if d.len() > self.max_line {
+            self.partial.extend_from_slice(&d[..self.max_line]);
+            return self.fail(on_frame);
         }
-        self.partial.extend_from_slice(data);
+        self.partial.extend_from_slice(d);
+        *data = &[];
         ControlFlow::Continue(())
     }
 
-    /// End of stream: a final line without `\n` is still a line (PROTOCOL.md).
+    /// End of stream: a final line without `\n` is still a line (PROTOCOL.md). Call it only
+    /// when not paused.
     pub fn finish<F>(&mut self, on_frame: F) -> ControlFlow<()>
     where
         F: FnOnce(Frame<'_>) -> ControlFlow<()>,
     {
-        if self.failed || self.partial.is_empty() {
+        if self.failed || self.partial.is_empty() || self.paused {
             return ControlFlow::Continue(());
         }
         let flow = on_frame(Frame::Line(&self.partial));
@@ -204,6 +256,39 @@ mod tests {
     fn finish_empty_stream_no_line() {
         assert!(collect(&mut LineReader::new(8), &[b"a\n"], true).len() == 1);
         assert!(collect(&mut LineReader::new(8), &[], true).is_empty());
+    }
+
+    #[test]
+    fn pause_every_split_resumes_same_lines_in_order() {
+        let input: &[u8] = b"a\nPAUSE\nb\nPAUSE\nc\nlast";
+        for i in 0..=input.len() {
+            let mut r = LineReader::new(16);
+            let mut got = Vec::new();
+            let mut on = |f: Frame<'_>| {
+                let Frame::Line(l) = f else { panic!("overlong") };
+                got.push(l.to_vec());
+                if l == b"PAUSE" { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            };
+            for chunk in [&input[..i], &input[i..]] {
+                let _ = r.feed(chunk, &mut on);
+            }
+            while r.is_paused() {
+                let _ = r.resume(&mut on);
+            }
+            let _ = r.finish(&mut on);
+            let want: Vec<&[u8]> = vec![b"a", b"PAUSE", b"b", b"PAUSE", b"c", b"last"];
+            assert_eq!(got, want, "split at {i}");
+        }
+    }
+
+    #[test]
+    fn pause_on_last_line_of_chunk_still_paused() {
+        let mut r = LineReader::new(16);
+        assert!(r.feed(b"x\n", |_| ControlFlow::Break(())).is_break());
+        assert!(r.is_paused());
+        assert!(r.finish(|_| panic!("no final line while paused")).is_continue());
+        assert!(r.resume(|_| panic!("nothing held")).is_continue());
+        assert!(!r.is_paused());
     }
 
     #[test]

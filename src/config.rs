@@ -60,6 +60,8 @@ pub struct Places {
     pub api_key: Option<Secret>,
     /// Deadline of one request.
     pub timeout: Duration,
+    /// Most requests in flight at once (identical queries share one).
+    pub max_in_flight: usize,
 }
 
 /// Logging settings.
@@ -243,6 +245,7 @@ struct RawPlaces {
     ca_file: Option<PathBuf>,
     api_key: Option<String>,
     timeout_ms: Option<u64>,
+    max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -356,19 +359,26 @@ impl Config {
             PlacesApi::New => "https://places.googleapis.com".into(),
             PlacesApi::Legacy => "https://maps.googleapis.com".into(),
         });
-        if !endpoint.starts_with("https://") {
-            return Err(ConfigError::BadValue {
-                key: "places.endpoint",
-                why: format!("{endpoint:?} is not an https:// URL"),
-            });
+        if let Err(why) = crate::places::Endpoint::parse(&endpoint) {
+            return Err(ConfigError::BadValue { key: "places.endpoint", why });
+        }
+        let max_in_flight = p.max_in_flight.unwrap_or(64);
+        if max_in_flight == 0 {
+            return Err(ConfigError::BadValue { key: "places.max_in_flight", why: "must be above 0".into() });
         }
         let timeout_ms = p.timeout_ms.unwrap_or(5000);
         if timeout_ms == 0 {
             return Err(ConfigError::BadValue { key: "places.timeout_ms", why: "must be above 0".into() });
         }
         let api_key = env_key.or(p.api_key).or(raw.api_key).filter(|k| !k.trim().is_empty()).map(Secret);
-        let places =
-            Places { api, endpoint, ca_file: p.ca_file, api_key, timeout: Duration::from_millis(timeout_ms) };
+        let places = Places {
+            api,
+            endpoint,
+            ca_file: p.ca_file,
+            api_key,
+            timeout: Duration::from_millis(timeout_ms),
+            max_in_flight,
+        };
 
         let level = match raw.logging.level.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("info") => log::LevelFilter::Info,

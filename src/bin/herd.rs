@@ -5,9 +5,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use herd::cli::{self, Action, USAGE};
 use herd::config::Config;
-use herd::core::{Node, NodeConfig};
-use herd::driver::mio::{Endpoints, Reactor};
+use herd::core::{Node, NodeConfig, PlacesSettings};
+use herd::driver::mio::{Endpoints, PlacesTarget, Reactor};
 use herd::logging;
+use herd::places::Endpoint;
+use herd::places::tls::TlsConfig;
 
 fn main() -> ExitCode {
     let action = match cli::parse(std::env::args_os().skip(1)) {
@@ -68,11 +70,33 @@ fn run(path: &std::path::Path, name: &str) -> ExitCode {
     node_config.sync_on_connect = config.sync_on_connect;
     node_config.peer_output_limit = config.limits.peer_output;
     node_config.seed = seed();
+    node_config.places = PlacesSettings {
+        api: config.places.api,
+        has_key: config.places.api_key.is_some(),
+        timeout: config.places.timeout,
+        max_in_flight: config.places.max_in_flight,
+    };
+    let endpoint = match Endpoint::parse(&config.places.endpoint) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("herd: `places.endpoint`: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tls = match TlsConfig::new(config.places.ca_file.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("herd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let places =
+        PlacesTarget { api: config.places.api, endpoint, key: config.places.api_key.clone(), tls: Ok(tls) };
     let endpoints = Endpoints { listen: me.addr, peers: neighbours.iter().map(|s| s.addr).collect() };
     let node = Node::new(node_config, Instant::now());
     // Bind before opening the log, so a second `herd NAME` started by mistake writes nothing
     // into the running server's log.
-    let reactor = match Reactor::bind(node, endpoints, config.limits) {
+    let reactor = match Reactor::bind(node, endpoints, config.limits, places) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("herd: {name} cannot listen on {}: {e}", me.addr);

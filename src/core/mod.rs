@@ -8,8 +8,11 @@ mod sim;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::config::PlacesApi;
 use crate::herd::{Locations, Observed};
-use crate::proto::{self, Command, Difference};
+use crate::places::response::Response;
+use crate::places::{self, Query, convert};
+use crate::proto::{self, Command, Difference, Location};
 
 pub use link::LinkState;
 use link::Peer;
@@ -18,6 +21,29 @@ use rng::Rng;
 /// A neighbour, by its position in [`NodeConfig::neighbours`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerId(pub usize);
+
+/// A connection, as the driver names it. Never reused, so a late reply cannot reach a newer
+/// connection that took the old one's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u64);
+
+/// One upstream Places request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QueryId(pub u64);
+
+/// How WHATSAT uses Places.
+#[derive(Debug, Clone)]
+pub struct PlacesSettings {
+    /// Which API answers, and so how its JSON is converted.
+    pub api: PlacesApi,
+    /// Whether a key is configured; without one, WHATSAT answers `? ` at once.
+    pub has_key: bool,
+    /// Deadline of one upstream request.
+    pub timeout: Duration,
+    /// Most upstream requests in flight; a WHATSAT beyond it answers `? ` at once rather than
+    /// queueing without bound.
+    pub max_in_flight: usize,
+}
 
 /// Everything a [`Node`] needs to know about its place in the herd.
 #[derive(Debug, Clone)]
@@ -39,6 +65,8 @@ pub struct NodeConfig {
     pub connect_timeout: Duration,
     /// Seed for the backoff jitter, so simulations are repeatable.
     pub seed: u64,
+    /// WHATSAT's use of Places.
+    pub places: PlacesSettings,
 }
 
 impl NodeConfig {
@@ -53,18 +81,41 @@ impl NodeConfig {
             backoff_cap: Duration::from_millis(1000),
             connect_timeout: Duration::from_secs(2),
             seed: 0x5eed,
+            places: PlacesSettings {
+                api: PlacesApi::New,
+                has_key: false,
+                timeout: Duration::from_secs(5),
+                max_in_flight: 64,
+            },
         }
     }
 }
 
 /// What the driver must do for the node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Open a connection to this neighbour, then report [`Node::handle_link_up`] or
     /// [`Node::handle_link_down`].
     Dial(PeerId),
     /// Close the connection to this neighbour (the node already counts it as down).
     Disconnect(PeerId),
+    /// Send this Places request, then report [`Node::handle_places_response`].
+    Places {
+        /// Names the request in the report.
+        id: QueryId,
+        /// What to ask.
+        query: Query,
+    },
+    /// The node gave up on this request (its deadline passed): free everything it holds.
+    CancelPlaces(QueryId),
+    /// The reply to a WHATSAT that was [`Handled::Pending`]: append it to the connection's
+    /// output (if it is still open) and hand the connection its next lines again.
+    Reply {
+        /// The connection that asked.
+        conn: ConnId,
+        /// The whole reply.
+        bytes: Vec<u8>,
+    },
 }
 
 /// What became of one input line.
@@ -74,6 +125,9 @@ pub enum Handled {
     Replied,
     /// No reply: a blank line, or an AT line.
     Silent,
+    /// The reply comes later, as [`Output::Reply`]; hand this connection no more lines until
+    /// then, so replies stay in the order of the requests.
+    Pending,
 }
 
 /// Counters, for logs, tests and benchmarks.
@@ -87,6 +141,28 @@ pub struct Stats {
     pub flooded: u64,
     /// `? ` replies.
     pub invalid: u64,
+    /// Places requests sent upstream.
+    pub places_sent: u64,
+    /// Places requests that failed or passed their deadline.
+    pub places_failed: u64,
+}
+
+/// A Places request in flight and the WHATSATs waiting for it.
+#[derive(Debug)]
+struct InFlight {
+    id: QueryId,
+    query: Query,
+    deadline: Instant,
+    waiters: Vec<Waiter>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    conn: ConnId,
+    /// The client's record when the WHATSAT arrived: the reply's first line.
+    at_line: Vec<u8>,
+    /// The WHATSAT as received, for a `? ` reply if the request fails.
+    line: Vec<u8>,
 }
 
 /// Bytes of resync queued per neighbour before waiting for the socket to take them: keeps a
@@ -118,6 +194,8 @@ pub struct Node {
     /// Reused buffer for an AT line received from a peer.
     scratch: Vec<u8>,
     stats: Stats,
+    in_flight: Vec<InFlight>,
+    next_query: u64,
 }
 
 impl Node {
@@ -132,6 +210,8 @@ impl Node {
             outputs: VecDeque::new(),
             scratch: Vec::new(),
             stats: Stats::default(),
+            in_flight: Vec::new(),
+            next_query: 0,
         }
     }
 
@@ -165,12 +245,13 @@ impl Node {
         self.peers[peer.0].state
     }
 
-    /// Handles one line received at `unix_nanos` (wall clock, nanoseconds since the epoch),
-    /// appending any reply, `\n` included, to `reply`.
+    /// Handles one line received on `conn` at `now` (and at `unix_nanos` on the wall clock,
+    /// nanoseconds since the epoch), appending any reply, `\n` included, to `reply`.
     pub fn handle_line(
         &mut self,
         now: Instant,
         unix_nanos: i128,
+        conn: ConnId,
         line: &[u8],
         reply: &mut Vec<u8>,
     ) -> Handled {
@@ -229,14 +310,95 @@ impl Node {
                 }
                 Handled::Silent
             }
-            Command::WhatsAt { client, .. } => {
-                if self.table.get(client).is_none() {
+            Command::WhatsAt { client, radius_km, bound } => {
+                let Some(record) = self.table.get(client) else { return self.invalid(line, reply) };
+                // The stored line was checked when it was stored: its fifth field is a location.
+                let Some(location) = proto::fields(record.line()).nth(4).and_then(Location::parse) else {
+                    return self.invalid(line, reply);
+                };
+                if !self.config.places.has_key {
+                    log::warn!("WHATSAT answered `?`: no Places API key is configured");
                     return self.invalid(line, reply);
                 }
-                // The Places query is not built yet (issue 3): a valid WHATSAT for a known client
-                // answers with the invalid-command line until then.
-                self.invalid(line, reply)
+                let (lat, lng) = location.degrees();
+                let query = Query { lat, lng, radius_m: radius_km * 1000.0, bound };
+                let waiter =
+                    Waiter { conn, at_line: record.line().to_vec(), line: trim_terminator(line).to_vec() };
+                self.ask_places(now, query, waiter, line, reply)
             }
+        }
+    }
+
+    /// Joins an identical request in flight, or starts one if the cap allows.
+    fn ask_places(
+        &mut self,
+        now: Instant,
+        query: Query,
+        waiter: Waiter,
+        line: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Handled {
+        if let Some(f) = self.in_flight.iter_mut().find(|f| f.query == query) {
+            f.waiters.push(waiter);
+            return Handled::Pending;
+        }
+        if self.in_flight.len() >= self.config.places.max_in_flight {
+            log::warn!(
+                "WHATSAT answered `?`: {} Places requests already in flight",
+                self.config.places.max_in_flight
+            );
+            return self.invalid(line, reply);
+        }
+        let id = QueryId(self.next_query);
+        self.next_query += 1;
+        self.stats.places_sent += 1;
+        self.in_flight.push(InFlight {
+            id,
+            query,
+            deadline: now + self.config.places.timeout,
+            waiters: vec![waiter],
+        });
+        self.outputs.push_back(Output::Places { id, query });
+        Handled::Pending
+    }
+
+    /// The answer to [`Output::Places`] `id`: the response, or why there is none (never
+    /// containing the key). Every WHATSAT waiting for it is answered.
+    pub fn handle_places_response(&mut self, id: QueryId, result: Result<Response, String>) {
+        let Some(pos) = self.in_flight.iter().position(|f| f.id == id) else {
+            // Already answered with `?` when its deadline passed.
+            return;
+        };
+        let f = self.in_flight.swap_remove(pos);
+        let json = result.and_then(|r| {
+            match self.config.places.api {
+                PlacesApi::New => convert::new_to_legacy(&r, f.query.bound),
+                PlacesApi::Legacy => convert::legacy_cut(&r, f.query.bound),
+            }
+            .map_err(|e| e.to_string())
+        });
+        match json {
+            Ok(json) => {
+                for w in f.waiters {
+                    let mut bytes = Vec::with_capacity(w.at_line.len() + json.len() + 3);
+                    places::write_whatsat_reply(&mut bytes, &w.at_line, &json);
+                    self.outputs.push_back(Output::Reply { conn: w.conn, bytes });
+                }
+            }
+            Err(cause) => {
+                log::warn!("Places request {} failed: {cause}", id.0);
+                self.fail_waiters(f);
+            }
+        }
+    }
+
+    fn fail_waiters(&mut self, f: InFlight) {
+        self.stats.places_failed += 1;
+        for w in f.waiters {
+            self.stats.invalid += 1;
+            let mut bytes = Vec::with_capacity(w.line.len() + 3);
+            proto::write_invalid(&mut bytes, &w.line);
+            self.outputs.push_back(Output::Reply { conn: w.conn, bytes });
         }
     }
 
@@ -270,8 +432,19 @@ impl Node {
         p.go_down(now, &self.config, &mut self.rng);
     }
 
-    /// Advances timers: dials links whose backoff ended, abandons dials that took too long.
+    /// Advances timers: dials links whose backoff ended, abandons dials that took too long,
+    /// answers WHATSATs whose Places request passed its deadline.
     pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(pos) = self.in_flight.iter().position(|f| f.deadline <= now) {
+            let f = self.in_flight.swap_remove(pos);
+            log::warn!(
+                "Places request {} failed: no answer within {} ms",
+                f.id.0,
+                self.config.places.timeout.as_millis()
+            );
+            self.outputs.push_back(Output::CancelPlaces(f.id));
+            self.fail_waiters(f);
+        }
         for (i, p) in self.peers.iter_mut().enumerate() {
             match p.state {
                 LinkState::Down { retry_at } if retry_at <= now => {
@@ -297,14 +470,12 @@ impl Node {
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers
-            .iter()
-            .filter_map(|p| match p.state {
-                LinkState::Down { retry_at } => Some(retry_at),
-                LinkState::Connecting { deadline } => Some(deadline),
-                LinkState::Up { .. } => None,
-            })
-            .min()
+        let links = self.peers.iter().filter_map(|p| match p.state {
+            LinkState::Down { retry_at } => Some(retry_at),
+            LinkState::Connecting { deadline } => Some(deadline),
+            LinkState::Up { .. } => None,
+        });
+        links.chain(self.in_flight.iter().map(|f| f.deadline)).min()
     }
 
     /// Bytes waiting to be written to `peer`'s link (empty unless the link is up).
@@ -369,7 +540,7 @@ mod tests {
 
     fn line(n: &mut Node, unix: i128, l: &str) -> String {
         let mut out = Vec::new();
-        n.handle_line(Instant::now(), unix, l.as_bytes(), &mut out);
+        n.handle_line(Instant::now(), unix, ConnId(1), l.as_bytes(), &mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -522,6 +693,124 @@ mod tests {
             assert!(*d >= full / 2 && *d <= full, "attempt {i}: {d:?} not in [{:?}, {full:?}]", full / 2);
         }
         assert!(delays[9] >= Duration::from_millis(500));
+    }
+
+    fn places_node(max_in_flight: usize) -> (Node, Instant) {
+        let now = Instant::now();
+        let mut cfg = NodeConfig::new("Hill", vec![]);
+        cfg.places = PlacesSettings {
+            api: PlacesApi::New,
+            has_key: true,
+            timeout: Duration::from_millis(500),
+            max_in_flight,
+        };
+        let mut n = Node::new(cfg, now);
+        line(&mut n, T0, "IAMAT kiwi +34.068930-118.445127 1520023934.918963997");
+        line(&mut n, T0, "IAMAT lime -33.8670522+151.1957362 1520023934.5");
+        (n, now)
+    }
+
+    fn whatsat(n: &mut Node, now: Instant, conn: u64, l: &str) -> (Handled, String) {
+        let mut out = Vec::new();
+        let h = n.handle_line(now, T0, ConnId(conn), l.as_bytes(), &mut out);
+        (h, String::from_utf8(out).unwrap())
+    }
+
+    fn ok_places(n: usize) -> Response {
+        let places: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"id":"p{i}","displayName":{{"text":"P{i}"}},"location":{{"latitude":34.0,"longitude":-118.4}}}}"#))
+            .collect();
+        Response {
+            status: 200,
+            body: format!(r#"{{"places":[{}]}}"#, places.join(",")).into_bytes(),
+            keep_alive: true,
+        }
+    }
+
+    #[test]
+    fn whatsat_known_client_asks_places_then_replies_with_stored_line() {
+        let (mut n, now) = places_node(4);
+        let (h, out) = whatsat(&mut n, now, 7, "WHATSAT kiwi 10 2");
+        assert_eq!((h, out.as_str()), (Handled::Pending, ""));
+        let Some(Output::Places { id, query }) = n.poll_output() else { panic!("no Places request") };
+        assert_eq!(query, Query { lat: 34.06893, lng: -118.445127, radius_m: 10_000.0, bound: 2 });
+        n.handle_places_response(id, Ok(ok_places(5)));
+        let Some(Output::Reply { conn, bytes }) = n.poll_output() else { panic!("no reply") };
+        assert_eq!(conn, ConnId(7));
+        let text = String::from_utf8(bytes).unwrap();
+        let (first, json) = text.split_once('\n').unwrap();
+        assert_eq!(first.as_bytes(), n.locations().get(b"kiwi").unwrap().line());
+        assert!(json.ends_with("}\n\n") && !json.contains("\n\n\n"), "{json:?}");
+        let v: serde_json::Value = serde_json::from_str(json.trim_end()).unwrap();
+        assert_eq!(v["results"].as_array().unwrap().len(), 2, "cut to the bound");
+        assert_eq!(v["status"], "OK");
+    }
+
+    #[test]
+    fn whatsat_identical_queries_share_one_request() {
+        let (mut n, now) = places_node(4);
+        whatsat(&mut n, now, 1, "WHATSAT kiwi 10 2");
+        whatsat(&mut n, now, 2, "WHATSAT kiwi 10.0 2");
+        whatsat(&mut n, now, 3, "WHATSAT kiwi 10 3");
+        let requests: Vec<Output> = std::iter::from_fn(|| n.poll_output()).collect();
+        assert_eq!(requests.len(), 2, "bound 2 twice shares, bound 3 is its own: {requests:?}");
+        let Output::Places { id, .. } = requests[0] else { panic!() };
+        n.handle_places_response(id, Ok(ok_places(3)));
+        let conns: Vec<ConnId> = std::iter::from_fn(|| n.poll_output())
+            .map(|o| match o {
+                Output::Reply { conn, .. } => conn,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(conns, [ConnId(1), ConnId(2)]);
+    }
+
+    #[test]
+    fn whatsat_failure_and_deadline_answer_question_mark() {
+        let (mut n, now) = places_node(4);
+        whatsat(&mut n, now, 1, "WHATSAT kiwi 10 2");
+        let Some(Output::Places { id, .. }) = n.poll_output() else { panic!() };
+        let denied = Response {
+            status: 403,
+            body: br#"{"error":{"status":"PERMISSION_DENIED"}}"#.to_vec(),
+            keep_alive: true,
+        };
+        n.handle_places_response(id, Ok(denied));
+        assert_eq!(
+            n.poll_output(),
+            Some(Output::Reply { conn: ConnId(1), bytes: b"? WHATSAT kiwi 10 2\n".to_vec() })
+        );
+
+        whatsat(&mut n, now, 2, "WHATSAT lime 5 1");
+        let Some(Output::Places { id, .. }) = n.poll_output() else { panic!() };
+        assert_eq!(n.poll_timeout(), Some(now + Duration::from_millis(500)));
+        n.handle_timeout(now + Duration::from_millis(500));
+        assert_eq!(n.poll_output(), Some(Output::CancelPlaces(id)));
+        assert_eq!(
+            n.poll_output(),
+            Some(Output::Reply { conn: ConnId(2), bytes: b"? WHATSAT lime 5 1\n".to_vec() })
+        );
+        // A late answer after the deadline changes nothing.
+        n.handle_places_response(id, Ok(ok_places(1)));
+        assert_eq!(n.poll_output(), None);
+        assert_eq!(n.stats().places_failed, 2);
+    }
+
+    #[test]
+    fn whatsat_cap_and_missing_key_answer_at_once() {
+        let (mut n, now) = places_node(1);
+        assert_eq!(whatsat(&mut n, now, 1, "WHATSAT kiwi 10 2").0, Handled::Pending);
+        assert_eq!(
+            whatsat(&mut n, now, 2, "WHATSAT lime 10 2"),
+            (Handled::Replied, "? WHATSAT lime 10 2\n".into())
+        );
+        let (mut n, now) = node(&[]);
+        line(&mut n, T0, "IAMAT kiwi +1.0+1.0 1");
+        assert_eq!(
+            whatsat(&mut n, now, 1, "WHATSAT kiwi 10 2"),
+            (Handled::Replied, "? WHATSAT kiwi 10 2\n".into())
+        );
+        assert_eq!(n.poll_output(), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use super::{LinkState, Node, NodeConfig, Output, PeerId};
+use super::{ConnId, LinkState, Node, NodeConfig, Output, PeerId};
 use crate::proto::{Frame, LineReader};
 
 const NAMES: [&str; 5] = ["Hill", "Jaquez", "Smith", "Campbell", "Singleton"];
@@ -150,7 +150,7 @@ impl Sim {
         let _ = reader.feed(bytes, |frame| {
             if let Frame::Line(line) = frame {
                 received.push(line.to_vec());
-                node.handle_line(now, wall, line, &mut reply);
+                node.handle_line(now, wall, ConnId(u64::MAX), line, &mut reply);
             }
             ControlFlow::Continue(())
         });
@@ -179,7 +179,7 @@ impl Sim {
     fn iamat(&mut self, at: usize, line: &str) -> Vec<u8> {
         let mut reply = Vec::new();
         let (now, wall) = (self.now, self.wall());
-        self.nodes[at].handle_line(now, wall, line.as_bytes(), &mut reply);
+        self.nodes[at].handle_line(now, wall, ConnId(0), line.as_bytes(), &mut reply);
         self.settle();
         reply
     }
@@ -250,8 +250,8 @@ fn concurrent_updates_converge_on_newest() {
     // Both before anything is delivered: Hill's newer one must win everywhere.
     let (now, wall) = (sim.now, sim.wall());
     let mut r = Vec::new();
-    sim.nodes[0].handle_line(now, wall, b"IAMAT k +1.0+1.0 20.000000002", &mut r);
-    sim.nodes[3].handle_line(now, wall, b"IAMAT k +2.0+2.0 20.000000001", &mut r);
+    sim.nodes[0].handle_line(now, wall, ConnId(0), b"IAMAT k +1.0+1.0 20.000000002", &mut r);
+    sim.nodes[3].handle_line(now, wall, ConnId(0), b"IAMAT k +2.0+2.0 20.000000001", &mut r);
     sim.settle();
     for i in 0..5 {
         assert!(sim.record(i, "k").unwrap().starts_with(b"AT Hill "), "{}", NAMES[i]);

@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod response;
+pub mod tls;
 
 use std::fmt;
 use std::io::Write;

@@ -12,24 +12,33 @@
 //! 6. close the connections marked for closing, only now, so a slab key (the token) is never
 //!    reused within a batch.
 
+mod places;
+
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::config::Limits;
-use crate::core::{Node, Output, PeerId};
+use crate::core::{ConnId, Handled, Node, Output, PeerId};
 use crate::logging;
 use crate::proto::{Frame, LineReader, OVERLONG_ECHO, write_invalid};
 
+pub use places::Settings as PlacesTarget;
+use places::{PLACES_BASE, Upstream};
+
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The Places resolver thread wakes the loop with this token.
+const WAKER: Token = Token(usize::MAX - 3);
 
 /// Size of the shared read buffer: complete lines are handled straight from it.
 const READ_CHUNK: usize = 64 << 10;
@@ -152,6 +161,10 @@ pub struct Reactor {
     lingering: Vec<(Instant, usize, u64)>,
     /// Replies to lines that arrive on our own outbound links, which are not sent anywhere.
     discard: Vec<u8>,
+    /// Connections waiting for a WHATSAT's Places answer, by log id (the node's [`ConnId`]).
+    paused: HashMap<u64, usize>,
+    /// The Places connections.
+    upstream: Upstream,
     scratch: Box<[u8]>,
     accept_ready: bool,
     accept_retry: Option<Instant>,
@@ -161,8 +174,9 @@ pub struct Reactor {
 
 impl Reactor {
     /// Binds the listening socket and installs the signal handlers.
-    pub fn bind(node: Node, endpoints: Endpoints, limits: Limits) -> io::Result<Self> {
+    pub fn bind(node: Node, endpoints: Endpoints, limits: Limits, places: PlacesTarget) -> io::Result<Self> {
         let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listener = TcpListener::bind(endpoints.listen)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
@@ -183,6 +197,8 @@ impl Reactor {
             closing: Vec::new(),
             lingering: Vec::new(),
             discard: Vec::new(),
+            paused: HashMap::new(),
+            upstream: Upstream::new(places, waker),
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             accept_ready: true,
             accept_retry: None,
@@ -216,6 +232,13 @@ impl Reactor {
                 match event.token() {
                     LISTENER => self.accept_ready = true,
                     SIGNALS => self.on_signals(now),
+                    WAKER => self.upstream.on_wake(self.poll.registry(), now),
+                    token if token.0 >= PLACES_BASE => self.upstream.on_event(
+                        self.poll.registry(),
+                        token,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_writable() || event.is_error(),
+                    ),
                     Token(key) => {
                         let Some(c) = self.conns.get_mut(key) else { continue };
                         c.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
@@ -261,6 +284,7 @@ impl Reactor {
             self.node.handle_timeout(now);
         }
         self.drain_outputs(now);
+        self.settle_places(now);
         self.expire_lingerers(now);
         self.flush_all(now);
         self.drain_outputs(now);
@@ -399,7 +423,57 @@ impl Reactor {
                         self.close(key, now, "link dropped by the node", false);
                     }
                 }
+                Output::Places { id, query } => self.upstream.start(self.poll.registry(), now, id, &query),
+                Output::CancelPlaces(id) => self.upstream.cancel(self.poll.registry(), id),
+                Output::Reply { conn, bytes } => self.deliver_reply(now, conn, &bytes),
             }
+        }
+    }
+
+    /// Hands finished Places requests to the node, until answering them starts no request that
+    /// finishes at once.
+    fn settle_places(&mut self, now: Instant) {
+        loop {
+            let done = self.upstream.take_done();
+            if done.is_empty() {
+                return;
+            }
+            for (id, result) in done {
+                self.node.handle_places_response(id, result);
+            }
+            self.drain_outputs(now);
+        }
+    }
+
+    /// A WHATSAT's reply is ready: write it and give the connection its next lines.
+    fn deliver_reply(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        let Some(key) = self.paused.remove(&conn.0) else { return };
+        let Self { conns, node, discard, limits, dirty, ready, paused, .. } = self;
+        let Some(c) = conns.get_mut(key).filter(|c| c.id == conn.0) else { return };
+        if c.role == Role::Inbound {
+            log::info!("c{} > {}", c.id, bytes.strip_suffix(b"\n").unwrap_or(bytes).escape_ascii());
+            c.out.extend_from_slice(bytes);
+            if !c.dirty {
+                c.dirty = true;
+                dirty.push(key);
+            }
+        }
+        let fed = feed_lines(node, c, discard, limits, now, unix_nanos(), Input::Resume);
+        if fed.paused {
+            paused.insert(c.id, key);
+        } else if c.readable && c.state == State::Open && !c.queued {
+            // Reading stopped at the WHATSAT; whatever followed it is read now.
+            c.queued = true;
+            ready.push(key);
+        }
+        if fed.overflow || c.pending_out() > limits.client_output {
+            let reason =
+                format!("output limit of {} bytes reached (client does not read)", limits.client_output);
+            self.close(key, now, &reason, true);
+        } else if fed.overlong {
+            let until = now + LINGER;
+            c.set_state(State::Lingering { until, shut: false });
+            self.lingering.push((until, key, conn.0));
         }
     }
 
@@ -442,12 +516,12 @@ impl Reactor {
     }
 
     fn read(&mut self, key: usize, now: Instant) {
-        let Self { conns, node, scratch, discard, limits, dirty, ready, lingering, .. } = self;
+        let Self { conns, node, scratch, discard, limits, dirty, ready, lingering, paused, .. } = self;
         let Some(c) = conns.get_mut(key) else { return };
         let mut budget = limits.read_budget;
         let mut close: Option<String> = None;
         loop {
-            let reading = matches!(c.state, State::Open | State::Lingering { .. });
+            let reading = matches!(c.state, State::Open | State::Lingering { .. }) && !c.reader.is_paused();
             if !reading {
                 break;
             }
@@ -483,51 +557,12 @@ impl Reactor {
                 }
                 continue;
             }
-            let (id, role) = (c.id, c.role);
-            let out = match role {
-                Role::Inbound => &mut c.out,
-                Role::Link(_) => {
-                    discard.clear();
-                    &mut *discard
-                }
-            };
-            let mut overflow = false;
-            let mut overlong = false;
-            let mut on_frame = |frame: Frame<'_>| {
-                let start = out.len();
-                match frame {
-                    Frame::Line(line) => {
-                        log::info!("c{id} < {}", line.escape_ascii());
-                        node.handle_line(now, wall, line, out);
-                    }
-                    Frame::Overlong(prefix) => {
-                        log::info!(
-                            "c{id} < {}... (over {} bytes)",
-                            prefix[..prefix.len().min(OVERLONG_ECHO)].escape_ascii(),
-                            limits.max_line
-                        );
-                        write_invalid(out, &prefix[..prefix.len().min(OVERLONG_ECHO)]);
-                        overlong = true;
-                    }
-                }
-                if out.len() > start {
-                    log::info!("c{id} > {}", out[start..out.len() - 1].escape_ascii());
-                }
-                if out.len() > limits.client_output {
-                    overflow = true;
-                    return ControlFlow::Break(());
-                }
-                ControlFlow::Continue(())
-            };
-            let _ = if n == 0 {
-                c.reader.finish(&mut on_frame)
-            } else {
-                c.reader.feed(&scratch[..n], &mut on_frame)
-            };
-            if matches!(role, Role::Link(_)) && !discard.is_empty() {
-                log::debug!("c{id}: replies to lines on an outbound link are not sent");
+            let input = if n == 0 { Input::End } else { Input::Data(&scratch[..n]) };
+            let fed = feed_lines(node, c, discard, limits, now, wall, input);
+            if fed.paused {
+                paused.insert(c.id, key);
             }
-            if overflow {
+            if fed.overflow {
                 close = Some(format!(
                     "output limit of {} bytes reached (client does not read)",
                     limits.client_output
@@ -538,20 +573,24 @@ impl Reactor {
                 c.dirty = true;
                 dirty.push(key);
             }
-            if overlong {
+            if fed.overlong {
                 c.set_state(State::Lingering { until: now + LINGER, shut: false });
                 lingering.push((now + LINGER, key, c.id));
                 continue;
             }
             if n == 0 {
                 c.readable = false;
-                match role {
+                match c.role {
                     Role::Inbound => c.set_state(State::Draining),
                     Role::Link(_) => close = Some("closed by the peer".into()),
                 }
-                if c.pending_out() == 0 && close.is_none() {
+                if c.pending_out() == 0 && !c.reader.is_paused() && close.is_none() {
                     close = Some("end of stream".into());
                 }
+                break;
+            }
+            if fed.paused {
+                // The rest waits until the WHATSAT is answered (see `deliver_reply`).
                 break;
             }
         }
@@ -641,7 +680,7 @@ impl Reactor {
                         c.out = Vec::new();
                     }
                     match c.state {
-                        State::Draining => failed = Some("end of stream".into()),
+                        State::Draining if !c.reader.is_paused() => failed = Some("end of stream".into()),
                         State::Lingering { until, shut: false } => {
                             let _ = c.stream.shutdown(Shutdown::Write);
                             c.set_state(State::Lingering { until, shut: true });
@@ -685,6 +724,7 @@ impl Reactor {
         }
         c.set_state(State::Closed);
         log::info!("c{} closed: {reason}", c.id);
+        self.paused.remove(&c.id);
         if let Role::Link(peer) = c.role
             && self.links[peer.0] == Some(key)
         {
@@ -702,6 +742,82 @@ impl Reactor {
             let _ = self.poll.registry().deregister(&mut c.stream);
         }
     }
+}
+
+/// What is handed to a connection's framing.
+enum Input<'a> {
+    /// Bytes just read.
+    Data(&'a [u8]),
+    /// End of stream: a final line without `\n` is still a line.
+    End,
+    /// The lines held back behind a WHATSAT, now that it is answered.
+    Resume,
+}
+
+/// What stopped a connection's lines.
+#[derive(Debug, Default)]
+struct Fed {
+    /// Its replies passed the client output limit.
+    overflow: bool,
+    /// A line passed the length limit.
+    overlong: bool,
+    /// A WHATSAT waits for Places; no more lines until it is answered.
+    paused: bool,
+}
+
+/// Hands a connection's complete lines to the node, appending replies to its output (or to
+/// `discard` for our own outbound links, whose replies go nowhere) and logging both.
+fn feed_lines(
+    node: &mut Node,
+    c: &mut Conn,
+    discard: &mut Vec<u8>,
+    limits: &Limits,
+    now: Instant,
+    wall: i128,
+    input: Input<'_>,
+) -> Fed {
+    let id = c.id;
+    let out = match c.role {
+        Role::Inbound => &mut c.out,
+        Role::Link(_) => {
+            discard.clear();
+            discard
+        }
+    };
+    let mut fed = Fed::default();
+    let mut on_frame = |frame: Frame<'_>| {
+        let start = out.len();
+        let mut flow = ControlFlow::Continue(());
+        match frame {
+            Frame::Line(line) => {
+                log::info!("c{id} < {}", line.escape_ascii());
+                if node.handle_line(now, wall, ConnId(id), line, out) == Handled::Pending {
+                    fed.paused = true;
+                    flow = ControlFlow::Break(());
+                }
+            }
+            Frame::Overlong(prefix) => {
+                let echo = &prefix[..prefix.len().min(OVERLONG_ECHO)];
+                log::info!("c{id} < {}... (over {} bytes)", echo.escape_ascii(), limits.max_line);
+                write_invalid(out, echo);
+                fed.overlong = true;
+            }
+        }
+        if out.len() > start {
+            log::info!("c{id} > {}", out[start..out.len() - 1].escape_ascii());
+        }
+        if out.len() > limits.client_output {
+            fed.overflow = true;
+            return ControlFlow::Break(());
+        }
+        flow
+    };
+    let _ = match input {
+        Input::Data(data) => c.reader.feed(data, &mut on_frame),
+        Input::End => c.reader.finish(&mut on_frame),
+        Input::Resume => c.reader.resume(&mut on_frame),
+    };
+    fed
 }
 
 /// The wall clock in nanoseconds since the epoch (negative before it).

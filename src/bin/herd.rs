@@ -69,6 +69,7 @@ fn run(path: &std::path::Path, name: &str) -> ExitCode {
     let mut node_config = NodeConfig::new(name, neighbours.iter().map(|s| s.name.clone()).collect());
     node_config.sync_on_connect = config.sync_on_connect;
     node_config.peer_output_limit = config.limits.peer_output;
+    node_config.max_line = config.limits.max_line;
     node_config.seed = seed();
     node_config.places = PlacesSettings {
         api: config.places.api,

@@ -59,13 +59,7 @@ impl Peer {
         match state {
             LinkState::Up { .. } => log::info!("link to {} up", self.name),
             LinkState::Connecting { .. } => log::debug!("link to {}: dialling", self.name),
-            LinkState::Down { retry_at } => {
-                log::debug!(
-                    "link to {}: redial in {:?}",
-                    self.name,
-                    retry_at.saturating_duration_since(Instant::now())
-                )
-            }
+            LinkState::Down { .. } => log::debug!("link to {}: redial scheduled", self.name),
         }
         self.state = state;
     }

@@ -63,6 +63,10 @@ pub struct NodeConfig {
     pub backoff_cap: Duration,
     /// How long a dial may take before it counts as failed.
     pub connect_timeout: Duration,
+    /// The longest line a neighbour accepts (the herd shares one config). An IAMAT whose AT line
+    /// would be longer is refused: stored and flooded, it would be refused by every neighbour,
+    /// and resent first on every resync, cutting the links for good.
+    pub max_line: usize,
     /// Seed for the backoff jitter, so simulations are repeatable.
     pub seed: u64,
     /// WHATSAT's use of Places.
@@ -80,6 +84,7 @@ impl NodeConfig {
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_millis(1000),
             connect_timeout: Duration::from_secs(2),
+            max_line: 4096,
             seed: 0x5eed,
             places: PlacesSettings {
                 api: PlacesApi::New,
@@ -272,11 +277,19 @@ impl Node {
                     location_raw,
                     time_raw,
                 );
+                if reply.len() - start > self.config.max_line {
+                    reply.truncate(start);
+                    log::info!(
+                        "IAMAT refused: its AT line would be longer than {} bytes",
+                        self.config.max_line
+                    );
+                    return self.invalid(line, reply);
+                }
                 let at_line = &reply[start..];
                 if self.table.observe(at_line, client_at, client.len(), time) == Observed::Newer {
                     self.stats.stored += 1;
                     let (peers, outputs) = (&mut self.peers, &mut self.outputs);
-                    flood(now, peers, outputs, &mut self.stats, &mut self.rng, &self.config, at_line, b"");
+                    flood(now, peers, outputs, &mut self.stats, &mut self.rng, &self.config, at_line);
                 } else {
                     self.stats.stale += 1;
                 }
@@ -303,7 +316,6 @@ impl Node {
                         &mut self.rng,
                         &self.config,
                         &self.scratch,
-                        server,
                     );
                 } else {
                     self.stats.stale += 1;
@@ -490,9 +502,11 @@ impl Node {
     }
 }
 
-/// Queues `line` for every neighbour whose link is up, except the origin server named in it (it
-/// has the record already). A neighbour whose queue would pass the limit is dropped: it is
-/// redialled and resynced rather than allowed to grow our memory.
+/// Queues `line` for every neighbour whose link is up. That includes the one it came from and
+/// the origin server named in it: plain AT lines on anonymous inbound connections do not say
+/// which neighbour sent them, and PROTOCOL.md floods to all other neighbours, so a copy coming
+/// back is dropped there as not newer. A neighbour whose queue would pass the limit is dropped:
+/// it is redialled and resynced rather than allowed to grow our memory.
 #[allow(clippy::too_many_arguments)]
 fn flood(
     now: Instant,
@@ -502,10 +516,9 @@ fn flood(
     rng: &mut Rng,
     config: &NodeConfig,
     line: &[u8],
-    origin: &[u8],
 ) {
     for (i, p) in peers.iter_mut().enumerate() {
-        if !matches!(p.state, LinkState::Up { .. }) || p.name.as_bytes() == origin {
+        if !matches!(p.state, LinkState::Up { .. }) {
             continue;
         }
         if p.queued() + line.len() + 1 > config.peer_output_limit {
@@ -592,16 +605,33 @@ mod tests {
     }
 
     #[test]
-    fn at_stored_silently_and_flooded_except_origin() {
+    fn at_stored_silently_and_flooded_to_every_neighbour() {
         let (mut n, now) = node(&["Jaquez", "Smith"]);
         up(&mut n, now, 0);
         up(&mut n, now, 1);
         assert_eq!(line(&mut n, T0, "AT Jaquez +0.5 k +1.0+1.0 7"), "");
-        assert_eq!(n.peer_transmit(PeerId(0)), b"");
+        assert_eq!(n.peer_transmit(PeerId(0)), b"AT Jaquez +0.5 k +1.0+1.0 7\n");
         assert_eq!(n.peer_transmit(PeerId(1)), b"AT Jaquez +0.5 k +1.0+1.0 7\n");
         // The same update again is stale: nothing more is flooded.
         line(&mut n, T0, "AT Jaquez +0.5 k +1.0+1.0 7");
         assert_eq!(n.peer_transmit(PeerId(1)), b"AT Jaquez +0.5 k +1.0+1.0 7\n");
+    }
+
+    #[test]
+    fn iamat_whose_at_line_would_be_overlong_is_refused() {
+        let now = Instant::now();
+        let mut cfg = NodeConfig::new("Hill", vec!["Jaquez".into()]);
+        cfg.max_line = 64;
+        let mut n = Node::new(cfg, now);
+        up(&mut n, now, 0);
+        // 59 bytes: a valid line, but its AT reply is longer than a neighbour would accept.
+        let iamat = format!("IAMAT {} +1.0+1.0 1", "c".repeat(42));
+        assert_eq!(iamat.len(), 59);
+        assert_eq!(line(&mut n, T0, &iamat), format!("? {iamat}\n"));
+        assert!(n.locations().is_empty());
+        assert_eq!(n.peer_transmit(PeerId(0)), b"");
+        let short = format!("IAMAT {} +1.0+1.0 1", "c".repeat(10));
+        assert!(line(&mut n, T0, &short).starts_with("AT Hill "));
     }
 
     #[test]

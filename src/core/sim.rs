@@ -228,7 +228,8 @@ fn flood_reaches_everyone_once() {
         let heard = sim.received[i].iter().filter(|l| l.as_slice() == line).count();
         assert!(heard <= neighbours(i).len(), "{} heard it {heard} times", NAMES[i]);
     }
-    assert_eq!(sim.received[3].len(), 0, "the origin is never sent its own update");
+    // The origin gets copies back from its neighbours and drops them as not newer.
+    assert!(sim.received[3].len() <= neighbours(3).len());
 }
 
 #[test]

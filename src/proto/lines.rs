@@ -28,8 +28,11 @@ pub struct LineReader {
     /// Set when a line's handler paused the stream (see [`feed`](Self::feed)).
     paused: bool,
     /// Bytes received after the line that paused the stream, handed out by
-    /// [`resume`](Self::resume). At most one read's worth: the caller stops reading while paused.
+    /// [`resume`](Self::resume) from `backlog_at` on. At most one read's worth: the caller stops
+    /// reading while paused. Resuming moves the position instead of copying the rest, so pausing
+    /// on every line of a chunk costs linear time.
     backlog: Vec<u8>,
+    backlog_at: usize,
 }
 
 /// Capacity above which an emptied partial-line buffer is released rather than kept.
@@ -38,12 +41,19 @@ const KEEP_CAPACITY: usize = 256;
 impl LineReader {
     /// A reader that accepts lines of up to `max_line` bytes (terminator excluded).
     pub fn new(max_line: usize) -> Self {
-        Self { partial: Vec::new(), max_line, failed: false, paused: false, backlog: Vec::new() }
+        Self {
+            partial: Vec::new(),
+            max_line,
+            failed: false,
+            paused: false,
+            backlog: Vec::new(),
+            backlog_at: 0,
+        }
     }
 
     /// Bytes held for a line not yet complete, and for lines held back by a pause.
     pub fn buffered(&self) -> usize {
-        self.partial.len() + self.backlog.len()
+        self.partial.len() + self.backlog.len() - self.backlog_at
     }
 
     /// Whether lines are held back by a pause.
@@ -82,12 +92,21 @@ impl LineReader {
     where
         F: FnMut(Frame<'_>) -> ControlFlow<()>,
     {
+        let mut on_frame = on_frame;
         self.paused = false;
         let held = std::mem::take(&mut self.backlog);
-        let flow = self.feed(&held, on_frame);
-        if self.backlog.is_empty() && held.capacity() <= KEEP_CAPACITY {
+        let mut rest = &held[self.backlog_at..];
+        let flow = self.split(&mut rest, &mut on_frame);
+        if flow.is_break() && !self.failed {
+            self.paused = true;
+            self.backlog_at = held.len() - rest.len();
             self.backlog = held;
-            self.backlog.clear();
+        } else {
+            self.backlog_at = 0;
+            if held.capacity() <= KEEP_CAPACITY {
+                self.backlog = held;
+                self.backlog.clear();
+            }
         }
         flow
     }
@@ -279,6 +298,22 @@ mod tests {
             let want: Vec<&[u8]> = vec![b"a", b"PAUSE", b"b", b"PAUSE", b"c", b"last"];
             assert_eq!(got, want, "split at {i}");
         }
+    }
+
+    #[test]
+    fn pause_on_every_line_keeps_one_backlog_buffer() {
+        let input: Vec<u8> = b"line\n".repeat(10_000);
+        let mut r = LineReader::new(16);
+        let mut seen = 0;
+        let _ = r.feed(&input, |_| ControlFlow::Break(()));
+        let cap = r.backlog.capacity();
+        while r.is_paused() {
+            seen += 1;
+            assert_eq!(r.buffered(), input.len() - 5 * seen);
+            let _ = r.resume(|_| ControlFlow::Break(()));
+            assert!(r.backlog.capacity() == cap || !r.is_paused(), "the backlog is never copied");
+        }
+        assert_eq!(seen, 10_000);
     }
 
     #[test]

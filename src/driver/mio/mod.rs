@@ -7,8 +7,9 @@
 //!    `WouldBlock` or its read budget (a connection with budget left over is served again next
 //!    turn, so one busy socket cannot starve the rest), feeding lines to the node;
 //! 4. run the node's timers and carry out its outputs (dials, disconnects);
-//! 5. write each connection's queued replies in one `write` (asking for nothing: sockets are
-//!    registered once for both directions and the readiness bits are kept here);
+//! 5. write each connection's queued bytes, all the turn's replies together, until done or the
+//!    socket would block (asking for nothing: sockets are registered once for both directions
+//!    and the readiness bits are kept here);
 //! 6. close the connections marked for closing, only now, so a slab key (the token) is never
 //!    reused within a batch.
 
@@ -324,9 +325,14 @@ impl Reactor {
         }
         self.accept_ready = false;
         self.shutdown_by = Some(now + SHUTDOWN_GRACE);
+        let by = now + SHUTDOWN_GRACE;
         for (key, c) in &mut self.conns {
             if c.role == Role::Inbound && c.state == State::Open {
-                c.set_state(State::Draining);
+                // Not `Draining`: a client still sending would get a reset on close, and a reset
+                // discards replies still in flight. Shut our side after the last reply and
+                // discard input until the client closes or the grace period ends.
+                c.set_state(State::Lingering { until: by, shut: false });
+                self.lingering.push((by, key, c.id));
                 if !c.dirty {
                     c.dirty = true;
                     self.dirty.push(key);
@@ -352,7 +358,17 @@ impl Reactor {
                     self.accept_retry = None;
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Errors of one connection (it was reset while queued): go on with the next.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) => {
                     // Typically EMFILE: the pending connection stays queued; retry soon rather
                     // than spin, since an edge-triggered listener will not say so again.
@@ -466,14 +482,13 @@ impl Reactor {
             c.queued = true;
             ready.push(key);
         }
-        if fed.overflow || c.pending_out() > limits.client_output {
-            let reason =
-                format!("output limit of {} bytes reached (client does not read)", limits.client_output);
-            self.close(key, now, &reason, true);
-        } else if fed.overlong {
+        if fed.overlong {
             let until = now + LINGER;
             c.set_state(State::Lingering { until, shut: false });
             self.lingering.push((until, key, conn.0));
+        }
+        if c.pending_out() > limits.client_output {
+            self.enforce_output_limit(key, now);
         }
     }
 
@@ -520,6 +535,7 @@ impl Reactor {
         let Some(c) = conns.get_mut(key) else { return };
         let mut budget = limits.read_budget;
         let mut close: Option<String> = None;
+        let mut over_limit = false;
         loop {
             let reading = matches!(c.state, State::Open | State::Lingering { .. }) && !c.reader.is_paused();
             if !reading {
@@ -551,8 +567,18 @@ impl Reactor {
             budget -= n;
             if let State::Lingering { .. } = c.state {
                 c.discarded += n;
-                if n == 0 || c.discarded > LINGER_BYTES {
-                    close = Some("closed after an over-long line".into());
+                if n == 0 {
+                    // End of stream: close once the last replies are written.
+                    c.readable = false;
+                    if c.pending_out() == 0 {
+                        close = Some("end of stream after the last reply".into());
+                    } else {
+                        c.set_state(State::Draining);
+                    }
+                    break;
+                }
+                if c.discarded > LINGER_BYTES {
+                    close = Some(format!("more than {LINGER_BYTES} bytes sent after the last reply"));
                     break;
                 }
                 continue;
@@ -562,11 +588,9 @@ impl Reactor {
             if fed.paused {
                 paused.insert(c.id, key);
             }
-            if fed.overflow {
-                close = Some(format!(
-                    "output limit of {} bytes reached (client does not read)",
-                    limits.client_output
-                ));
+            if c.pending_out() > limits.client_output {
+                // Write what the socket takes before judging (see `enforce_output_limit`).
+                over_limit = true;
                 break;
             }
             if c.pending_out() > 0 && !c.dirty {
@@ -596,6 +620,28 @@ impl Reactor {
         }
         if let Some(reason) = close {
             self.close(key, now, &reason, true);
+        } else if over_limit {
+            self.enforce_output_limit(key, now);
+        }
+    }
+
+    /// Replies queued past `client_output`: write what the socket takes now, and close the
+    /// connection only if the rest is still over the limit (it does not read). Reading goes on
+    /// next turn otherwise. Counting only what the socket refused means a client that reads is
+    /// never cut for a burst of pipelined requests.
+    fn enforce_output_limit(&mut self, key: usize, now: Instant) {
+        self.flush(key, now);
+        let limit = self.limits.client_output;
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if c.state == State::Closed {
+            return;
+        }
+        if c.pending_out() > limit {
+            let reason = format!("output limit of {limit} bytes reached (client does not read)");
+            self.close(key, now, &reason, true);
+        } else if c.readable && !c.queued {
+            c.queued = true;
+            self.ready.push(key);
         }
     }
 
@@ -708,7 +754,7 @@ impl Reactor {
                 self.lingering.swap_remove(i);
             } else if until <= now {
                 self.lingering.swap_remove(i);
-                self.close(key, now, "closed after an over-long line", true);
+                self.close(key, now, "closed: no end of stream after the last reply", true);
             } else {
                 i += 1;
             }
@@ -757,8 +803,6 @@ enum Input<'a> {
 /// What stopped a connection's lines.
 #[derive(Debug, Default)]
 struct Fed {
-    /// Its replies passed the client output limit.
-    overflow: bool,
     /// A line passed the length limit.
     overlong: bool,
     /// A WHATSAT waits for Places; no more lines until it is answered.
@@ -805,10 +849,6 @@ fn feed_lines(
         }
         if out.len() > start {
             log::info!("c{id} > {}", out[start..out.len() - 1].escape_ascii());
-        }
-        if out.len() > limits.client_output {
-            fed.overflow = true;
-            return ControlFlow::Break(());
         }
         flow
     };

@@ -10,6 +10,22 @@
 HERD_BIN=target/release/herd
 # shellcheck disable=SC2034
 RUN_DIR=run
+# The offline Places stand-in and its files in run/ (started by start_all.sh when there is no key).
+# shellcheck disable=SC2034
+STUB_BIN=target/release/places-stub
+# shellcheck disable=SC2034
+STUB_PIDFILE=$RUN_DIR/places-stub.pid
+# shellcheck disable=SC2034
+STUB_PORTFILE=$RUN_DIR/places-stub.port
+# shellcheck disable=SC2034
+STUB_OUT=$RUN_DIR/places-stub.out
+# shellcheck disable=SC2034
+STUB_CERT=$RUN_DIR/places-stub-cert.pem
+# shellcheck disable=SC2034
+STUB_CONFIG=$RUN_DIR/config.stub.yml
+# The key places-stub accepts (its default); not a secret.
+# shellcheck disable=SC2034
+STUB_KEY=stub-key
 # The calling script's name, for messages.
 : "${PROG:=herd scripts}"
 
@@ -102,6 +118,101 @@ is_herd() {
     [[ $(proc_comm "$pid") == herd ]] || return 1
     last=$(proc_last_arg "$pid")
     [[ -z $last || $last == "$name" ]]
+}
+
+# is_stub PID: a live places-stub process.
+is_stub() {
+    is_alive "$1" && [[ $(proc_comm "$1") == places-stub ]]
+}
+
+# proc_config PID: the PATH after --config on the process's command line (empty if none or
+# without /proc).
+proc_config() {
+    local pid=$1 arg next=
+    [[ -r /proc/$pid/cmdline ]] || return 0
+    while IFS= read -r -d '' arg; do
+        if [[ -n $next ]]; then
+            printf '%s\n' "$arg"
+            return 0
+        fi
+        case $arg in
+            --config | -c) next=1 ;;
+            --config=*) printf '%s\n' "${arg#--config=}"; return 0 ;;
+        esac
+    done <"/proc/$pid/cmdline" 2>/dev/null || true
+}
+
+# config_has_key FILE: the config sets a Places key (top-level `api_key:` or `api_key:` under
+# `places:`) to something other than nothing, "" or null.
+config_has_key() {
+    awk '
+        function value(s) {
+            sub(/^[^:]*:[[:space:]]*/, "", s)
+            sub(/[[:space:]]+#.*$/, "", s)
+            gsub(/^["\047]|["\047]$/, "", s)
+            return s
+        }
+        function has(v) { return v != "" && v !~ /^#/ && v != "~" && v != "null" }
+        /^[^[:space:]#]/ { in_places = 0 }
+        /^api_key[[:space:]]*:/ && has(value($0)) { found = 1 }
+        /^places[[:space:]]*:/ {
+            in_places = 1
+            if ($0 ~ /api_key[[:space:]]*:[[:space:]]*[^[:space:],}#"\047]/) found = 1
+        }
+        in_places && /^[[:space:]]+api_key[[:space:]]*:/ && has(value($0)) { found = 1 }
+        END { exit found ? 0 : 1 }
+    ' "$1"
+}
+
+# derive_stub_config CONFIG PORT CERT KEY: CONFIG on stdout with its top-level `api_key:` line
+# and `places.endpoint`, `places.ca_file`, `places.api_key` removed, and the stand-in's
+# `places.endpoint` (https://127.0.0.1:PORT), `places.ca_file` (CERT) and `api_key:` (KEY) added.
+# Every other key and comment is kept. The `places:` block must be in block style (one key per
+# line, as in config.yml); exits 3 if it is written in flow style (`places: {...}`).
+derive_stub_config() {
+    awk -v port="$2" -v cert="$3" -v key="$4" '
+        function add(ind) {
+            if (ind == "") ind = "  "
+            print ind "endpoint: https://127.0.0.1:" port "   # places-stub, added by start_all.sh"
+            print ind "ca_file: " cert
+        }
+        state == 1 {
+            if ($0 ~ /^[^[:space:]#]/) {
+                # The next top-level key: the places block ended. Blank lines and comments
+                # held since its last key go after the added keys.
+                add(ind)
+                printf "%s", held
+                state = 2
+            } else if ($0 ~ /^[[:space:]]*(#.*)?$/) {
+                held = held $0 "\n"
+                next
+            } else {
+                if (ind == "" && match($0, /^[[:space:]]+/)) ind = substr($0, 1, RLENGTH)
+                if ($0 ~ /^[[:space:]]+(endpoint|ca_file|api_key)[[:space:]]*:/) next
+                printf "%s", held
+                held = ""
+                print
+                next
+            }
+        }
+        /^places[[:space:]]*:/ {
+            rest = $0
+            sub(/^places[[:space:]]*:[[:space:]]*/, "", rest)
+            if (rest != "" && rest !~ /^#/) { flow = 1; exit 3 }
+            print
+            state = 1
+            ind = ""
+            next
+        }
+        /^api_key[[:space:]]*:/ { next }
+        { print }
+        END {
+            if (flow) exit 3
+            if (state == 1) { add(ind); printf "%s", held }
+            if (state == 0) { print "places:"; add("  ") }
+            print "api_key: " key "   # the key places-stub accepts, not a Google key"
+        }
+    ' "$1"
 }
 
 # read_pid FILE: the PID in FILE, or nothing if the file is missing or holds no number.

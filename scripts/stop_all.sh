@@ -6,8 +6,9 @@
 # For each PID file run/<NAME>.pid: SIGTERM (the server stops accepting, writes what it owes and
 # flushes its log), wait up to HERD_STOP_TIMEOUT seconds (default 5), then SIGKILL. Reports each
 # server as stopped, killed, not running, or "stale pid file removed", and removes the PID files.
-# Servers of the config without a PID file are reported as not running. Safe to run twice; exits 0
-# when nothing is left running.
+# Servers of the config without a PID file are reported as not running. Then the same for the
+# offline Places stand-in places-stub (run/places-stub.pid), if start_all.sh started one. Safe to
+# run twice; exits 0 when nothing is left running.
 set -euo pipefail
 
 PROG=stop_all.sh
@@ -15,7 +16,8 @@ usage() {
     cat <<'EOF'
 usage: scripts/stop_all.sh [--config PATH]
 
-Stops the servers started by scripts/start_all.sh (found by their PID files in run/).
+Stops the servers started by scripts/start_all.sh (found by their PID files in run/), and the
+places-stub it started when there was no Places key.
 EOF
 }
 
@@ -38,7 +40,7 @@ if [[ -x $HERD_BIN && -f $CONFIG ]] && listing=$("$HERD_BIN" --config "$CONFIG" 
     done <<<"$listing"
 fi
 for pidfile in "$RUN_DIR"/*.pid; do
-    [[ -e $pidfile ]] || continue
+    [[ -e $pidfile && $pidfile != "$STUB_PIDFILE" ]] || continue
     name=$(basename "$pidfile" .pid)
     known=
     if ((${#names[@]} > 0)); then
@@ -52,7 +54,7 @@ for pidfile in "$RUN_DIR"/*.pid; do
         names+=("$name") addrs+=("")
     fi
 done
-if ((${#names[@]} == 0)); then
+if ((${#names[@]} == 0)) && [[ ! -e $STUB_PIDFILE ]]; then
     echo "nothing to stop: no servers in $CONFIG and no PID files in $RUN_DIR/"
     exit 0
 fi
@@ -91,4 +93,27 @@ for i in "${!names[@]}"; do
         *) echo "$name: killed with SIGKILL after ${TIMEOUT} s (pid $pid)" ;;
     esac
 done
+
+# The Places stand-in, after the servers that use it. Reported only where start_all.sh ran it.
+if [[ -e $STUB_PIDFILE ]]; then
+    pid=$(read_pid "$STUB_PIDFILE")
+    if [[ -z $pid ]] || ! is_stub "$pid"; then
+        rm -f "$STUB_PIDFILE" "$STUB_PORTFILE"
+        echo "places-stub: not running; stale pid file removed${pid:+ (pid $pid)}"
+    else
+        how=$(stop_pid "$pid" $((TIMEOUT * 10)))
+        if is_alive "$pid"; then
+            echo "places-stub: pid $pid is still alive after SIGKILL; pid file kept" >&2
+            left=$((left + 1))
+        else
+            rm -f "$STUB_PIDFILE" "$STUB_PORTFILE"
+            case $how in
+                stopped) echo "places-stub: stopped (pid $pid)" ;;
+                *) echo "places-stub: killed with SIGKILL after ${TIMEOUT} s (pid $pid)" ;;
+            esac
+        fi
+    fi
+elif [[ -e $STUB_OUT ]]; then
+    echo "places-stub: not running"
+fi
 ((left == 0))

@@ -2,8 +2,8 @@
 //! two suffice): flooding, its stopping rule, catching up after a server comes back, and
 //! neighbours that stall.
 //!
-//! Until the Places client exists, WHATSAT answers a known client with the same `? ` line as an
-//! unknown one, so whether a server holds a record is read from its log, which records every
+//! These herds have no Places key, so WHATSAT answers a known client with the same `? ` line as
+//! an unknown one; whether a server holds a record is read from its log, which records every
 //! input line as `c<N> < <line>` (flushed within 100 ms).
 
 mod common;

@@ -116,13 +116,15 @@ fn run(path: &std::path::Path, name: &str) -> ExitCode {
         neighbours.iter().map(|s| format!("{} ({})", s.name, s.addr)).collect::<Vec<_>>().join(", ")
     );
     log::info!(
-        "config: sync_on_connect={} limits={:?} places: api={:?} endpoint={} key={} timeout={:?}",
+        "config: sync_on_connect={} limits={:?} places: api={:?} endpoint={} key={} timeout={:?} \
+         max_in_flight={}",
         config.sync_on_connect,
         config.limits,
         config.places.api,
         config.places.endpoint,
         if config.places.api_key.is_some() { "set" } else { "missing" },
         config.places.timeout,
+        config.places.max_in_flight,
     );
     logging::flush();
     match reactor.run() {

@@ -355,6 +355,37 @@ mod tests {
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"status\":1}\n";
     const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\n{\"sta\r\n8\r\ntus\":1}\n\r\n0\r\nX-Trailer: y\r\n\r\n";
 
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/tests/fixtures/places/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    /// The recorded answers, framed with Content-Length and chunked, split at every position
+    /// (every 7th, to keep the run short) and byte by byte.
+    #[test]
+    fn recorded_answers_every_split() {
+        for name in ["legacy-nearbysearch-sydney.json", "new-searchnearby-sydney.json"] {
+            let body = fixture(name);
+            let mut length =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            length.extend_from_slice(&body);
+            let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for piece in body.chunks(1000) {
+                chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                chunked.extend_from_slice(piece);
+                chunked.extend_from_slice(b"\r\n");
+            }
+            chunked.extend_from_slice(b"0\r\n\r\n");
+            for input in [&length, &chunked] {
+                for i in (0..=input.len()).step_by(7) {
+                    let got = read_all(&[&input[..i], &input[i..]], false).unwrap();
+                    assert_eq!(got.body, body, "{name} split at {i}");
+                }
+                let bytes: Vec<&[u8]> = input.chunks(1).collect();
+                assert_eq!(read_all(&bytes, false).unwrap().body, body);
+            }
+        }
+    }
+
     #[test]
     fn content_length_every_split() {
         let r = every_split(LENGTH, false);

@@ -685,3 +685,120 @@ pub fn expect_at(reply: &[u8], server: &str, tail: &[u8], low: i128, high: i128)
     );
     nanos
 }
+
+/// The `places-stub` binary (built with the `stub` feature, on by default).
+#[cfg(feature = "stub")]
+pub const PLACES_STUB: &str = env!("CARGO_BIN_EXE_places-stub");
+
+/// The key a [`Stub`] accepts; give it to the herd with [`Stub::herd_yaml`].
+pub const STUB_KEY: &str = "stub-key";
+
+/// The `places:` line of a herd config that sends Places requests to `https://127.0.0.1:PORT`
+/// and trusts the roots in `ca_file` (besides Mozilla's), with the API `api` (`new` or `legacy`)
+/// and the deadline `timeout_ms`. No key: add `api_key:` yourself, or use [`Stub::herd_yaml`].
+pub fn places_yaml(port: u16, ca_file: &Path, api: &str, timeout_ms: u64) -> String {
+    format!(
+        "places: {{api: {api}, endpoint: 'https://127.0.0.1:{port}', ca_file: '{}', timeout_ms: {timeout_ms}}}\n",
+        ca_file.display()
+    )
+}
+
+/// A running `places-stub` on a free loopback port, with its port file, certificate and
+/// console output in a folder of its own. Killed and reaped on drop (its output is shown when a
+/// test fails).
+#[cfg(feature = "stub")]
+pub struct Stub {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+#[cfg(feature = "stub")]
+impl Stub {
+    /// Starts the stub with `flags` (`--delay-ms 300`, `--close`, ...) on `127.0.0.1:0`,
+    /// accepting [`STUB_KEY`], and waits until it has written its port file.
+    pub fn start(flags: &[&str]) -> Self {
+        let dir = TempDir::new();
+        let port_file = dir.path().join("stub.port");
+        let out = File::create(dir.path().join("stub.stdout")).expect("stub stdout file");
+        let err = File::create(dir.path().join("stub.stderr")).expect("stub stderr file");
+        let child = Command::new(PLACES_STUB)
+            .args(["--listen", "127.0.0.1:0", "--key", STUB_KEY, "--port-file"])
+            .arg(&port_file)
+            .arg("--cert-out")
+            .arg(dir.path().join("stub-cert.pem"))
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {PLACES_STUB}: {e}"));
+        let mut stub = Self { child, port: 0, dir };
+        let mut exited = None;
+        let ready = wait_until(START_TIMEOUT, || {
+            exited = stub.child.try_wait().expect("try_wait");
+            exited.is_some() || fs::read_to_string(&port_file).is_ok_and(|p| p.ends_with('\n'))
+        });
+        assert!(ready && exited.is_none(), "places-stub did not start ({exited:?}): {}", stub.stderr());
+        stub.port = fs::read_to_string(&port_file).expect("port file").trim().parse().expect("port number");
+        stub
+    }
+
+    /// The port it listens on (on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its self-signed certificate (PEM).
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("stub-cert.pem")
+    }
+
+    /// Config lines for a herd that asks this stub, with its key: `api_key:` and `places:`.
+    pub fn herd_yaml(&self, api: &str, timeout_ms: u64) -> String {
+        format!("api_key: {STUB_KEY}\n{}", places_yaml(self.port, &self.cert(), api, timeout_ms))
+    }
+
+    /// Its stdout so far: `handshake N from ADDR` and `request N METHOD PATH -> STATUS` lines.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stub.stdout")).unwrap_or_default()
+    }
+
+    /// Its stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stub.stderr")).unwrap_or_default()
+    }
+
+    /// The stdout lines that start with `prefix`.
+    pub fn lines_starting(&self, prefix: &str) -> Vec<String> {
+        self.stdout().lines().filter(|l| l.starts_with(prefix)).map(str::to_owned).collect()
+    }
+
+    /// TLS handshakes completed so far (one per connection the herd opened and kept).
+    pub fn handshakes(&self) -> usize {
+        self.lines_starting("handshake ").len()
+    }
+
+    /// Requests received so far (each is logged before its answer is sent).
+    pub fn requests(&self) -> usize {
+        self.lines_starting("request ").len()
+    }
+}
+
+#[cfg(feature = "stub")]
+impl Drop for Stub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            let out = self.stdout();
+            let lines: Vec<&str> = out.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            eprintln!("----- end of places-stub stdout -----\n{}", tail.join("\n"));
+            let err = self.stderr();
+            if !err.is_empty() {
+                eprintln!("----- places-stub stderr -----\n{err}");
+            }
+        }
+    }
+}

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TempDir, wait_until};
+use common::{LEGACY_RESULT_KEYS, TempDir, distance_m, wait_until};
 use herd::config::{PlacesApi, Secret};
 use herd::places::{Endpoint, FIELD_MASK, Query, write_request};
 use rustls::pki_types::pem::PemObject;
@@ -28,7 +28,6 @@ const STUB: &str = env!("CARGO_BIN_EXE_places-stub");
 const KEY: &str = "test-key-b4d9e1";
 const START: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 /// A running stub; killed and reaped on drop.
 struct Stub {
@@ -226,13 +225,6 @@ impl Client {
     }
 }
 
-fn distance_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let a = ((p2 - p1) / 2.0).sin().powi(2)
-        + p1.cos() * p2.cos() * ((lng2 - lng1).to_radians() / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_M * a.sqrt().min(1.0).asin()
-}
-
 const UCLA: Query = Query { lat: 34.06893, lng: -118.445127, radius_m: 10_000.0, bound: 7 };
 
 fn legacy_get(key: &str) -> Vec<u8> {
@@ -335,19 +327,7 @@ fn legacy_answers_20_results_with_status_ok() {
     assert_eq!(results.len(), 20);
     for result in results {
         let keys: Vec<&String> = result.as_object().expect("object").keys().collect();
-        assert_eq!(
-            keys,
-            [
-                "business_status",
-                "geometry",
-                "name",
-                "place_id",
-                "rating",
-                "types",
-                "user_ratings_total",
-                "vicinity"
-            ]
-        );
+        assert_eq!(keys, LEGACY_RESULT_KEYS);
         let loc = &result["geometry"]["location"];
         let d = distance_m(
             UCLA.lat,

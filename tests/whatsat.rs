@@ -11,7 +11,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, Herd, STUB_KEY, Stub, expect_at, places_yaml, show, timestamp, unix_nanos, wait_until};
+use common::{
+    Client, Herd, LEGACY_RESULT_KEYS, STUB_KEY, Stub, distance_m, expect_at, places_yaml, show, timestamp,
+    unix_nanos, wait_until,
+};
 use serde_json::Value;
 
 /// One server alone: enough wherever flooding is not the point.
@@ -24,17 +27,6 @@ const LNG: f64 = -118.445127;
 
 /// Long enough for any reply here; failures are checked against much tighter bounds.
 const REPLY: Duration = Duration::from_secs(5);
-
-/// Mean Earth radius (IUGG), in metres.
-const EARTH_RADIUS_M: f64 = 6_371_008.8;
-
-/// Great-circle distance in metres (haversine).
-fn distance_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let a = ((p2 - p1) / 2.0).sin().powi(2)
-        + p1.cos() * p2.cos() * ((lng2 - lng1).to_radians() / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_M * a.sqrt().min(1.0).asin()
-}
 
 /// Reports `client` at UCLA to `server` on `c`; returns the AT line it answered with, `\n`
 /// included (checked against the IAMAT byte for byte).
@@ -92,20 +84,7 @@ fn check_reply(reply: &[u8], at_line: &[u8], radius_km: f64, bound: usize) -> Va
     assert_eq!(results.len(), bound, "the stub has more than enough places: the reply holds `bound`");
     for r in results {
         let keys: Vec<&str> = r.as_object().expect("result object").keys().map(String::as_str).collect();
-        assert_eq!(
-            keys,
-            [
-                "business_status",
-                "geometry",
-                "name",
-                "place_id",
-                "rating",
-                "types",
-                "user_ratings_total",
-                "vicinity"
-            ],
-            "legacy keys in Google's order: {r}"
-        );
+        assert_eq!(keys, LEGACY_RESULT_KEYS, "legacy keys in Google's order: {r}");
         let loc = &r["geometry"]["location"];
         let d = distance_m(LAT, LNG, loc["lat"].as_f64().expect("lat"), loc["lng"].as_f64().expect("lng"));
         assert!(d <= radius_km * 1000.0, "{d:.0} m from the client, radius {radius_km} km: {r}");

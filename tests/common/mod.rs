@@ -802,3 +802,19 @@ impl Drop for Stub {
         }
     }
 }
+
+/// Mean Earth radius (IUGG), in metres.
+pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
+
+/// Great-circle distance in metres (haversine).
+pub fn distance_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let a = ((p2 - p1) / 2.0).sin().powi(2)
+        + p1.cos() * p2.cos() * ((lng2 - lng1).to_radians() / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_M * a.sqrt().min(1.0).asin()
+}
+
+/// The keys of a legacy Nearby Search result that the herd converts, in Google's (alphabetical)
+/// order.
+pub const LEGACY_RESULT_KEYS: [&str; 8] =
+    ["business_status", "geometry", "name", "place_id", "rating", "types", "user_ratings_total", "vicinity"];

@@ -683,38 +683,28 @@ impl Reactor {
                 if data.is_empty() {
                     break;
                 }
-                match c.stream.write(data) {
-                    Ok(0) => {
-                        failed = Some("write returned 0".to_string());
-                        break;
-                    }
-                    Ok(n) => self.node.peer_sent(peer, n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match write_some(&mut c.stream, data) {
+                    Ok(Some(n)) => self.node.peer_sent(peer, n),
+                    Ok(None) => {
                         c.writable = false;
                         break;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        failed = Some(format!("write error: {e}"));
+                    Err(reason) => {
+                        failed = Some(reason);
                         break;
                     }
                 }
             },
             Role::Inbound => {
                 while c.pending_out() > 0 {
-                    match c.stream.write(&c.out[c.out_pos..]) {
-                        Ok(0) => {
-                            failed = Some("write returned 0".to_string());
-                            break;
-                        }
-                        Ok(n) => c.out_pos += n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match write_some(&mut c.stream, &c.out[c.out_pos..]) {
+                        Ok(Some(n)) => c.out_pos += n,
+                        Ok(None) => {
                             c.writable = false;
                             break;
                         }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            failed = Some(format!("write error: {e}"));
+                        Err(reason) => {
+                            failed = Some(reason);
                             break;
                         }
                     }
@@ -858,6 +848,20 @@ fn feed_lines(
         Input::Resume => c.reader.resume(&mut on_frame),
     };
     fed
+}
+
+/// One non-blocking write: `Some(n)` bytes taken, `None` if the socket would block, or why the
+/// connection failed.
+fn write_some(stream: &mut TcpStream, data: &[u8]) -> Result<Option<usize>, String> {
+    loop {
+        return match stream.write(data) {
+            Ok(0) => Err("write returned 0".into()),
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(format!("write error: {e}")),
+        };
+    }
 }
 
 /// The wall clock in nanoseconds since the epoch (negative before it).

@@ -261,15 +261,11 @@ impl Upstream {
             });
             return;
         }
-        // Forget the addresses so the next request resolves again.
-        if self.resolve_is_stale_after_failure() {
+        // Forget resolved (not literal) addresses so the next request resolves again.
+        if matches!(self.resolve, Resolve::Known { until: Some(_), .. }) {
             self.resolve = Resolve::Unknown;
         }
         self.done.push((request.id, Err(last)));
-    }
-
-    fn resolve_is_stale_after_failure(&self) -> bool {
-        matches!(self.resolve, Resolve::Known { until: Some(_), .. })
     }
 
     /// Readiness for the Places connection with this token.

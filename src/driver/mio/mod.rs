@@ -20,6 +20,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::{TcpListener, TcpStream};
@@ -139,9 +140,28 @@ pub struct Endpoints {
     pub peers: Vec<SocketAddr>,
 }
 
+/// Stops a running [`Reactor`] from another thread, as SIGTERM would: no new connections, pending
+/// replies written, then [`Reactor::run`] returns. For embedding (benchmarks, tests).
+#[derive(Clone)]
+pub struct Stopper {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl Stopper {
+    /// Asks the reactor to shut down; returns at once.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+    }
+}
+
 /// A herd member's event loop.
 pub struct Reactor {
     poll: Poll,
+    /// Set by a [`Stopper`]; checked when the waker fires.
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
     listener: Option<TcpListener>,
     signals: Signals,
     conns: Slab<Conn>,
@@ -185,6 +205,8 @@ impl Reactor {
         let links = vec![None; endpoints.peers.len()];
         Ok(Self {
             poll,
+            stop: Arc::new(AtomicBool::new(false)),
+            waker: Arc::clone(&waker),
             listener: Some(listener),
             signals,
             conns: Slab::new(),
@@ -216,7 +238,12 @@ impl Reactor {
         }
     }
 
-    /// Runs until SIGINT or SIGTERM, then writes what is already computed and returns.
+    /// A handle that stops [`Reactor::run`] from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper { flag: Arc::clone(&self.stop), waker: Arc::clone(&self.waker) }
+    }
+
+    /// Runs until SIGINT, SIGTERM or a [`Stopper`], then writes what is already computed and returns.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
@@ -232,8 +259,18 @@ impl Reactor {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_ready = true,
-                    SIGNALS => self.on_signals(now),
-                    WAKER => self.upstream.on_wake(self.poll.registry(), now),
+                    SIGNALS => {
+                        let signals: Vec<i32> = self.signals.pending().collect();
+                        if !signals.is_empty() {
+                            self.begin_shutdown(now, &format!("signal {signals:?}"));
+                        }
+                    }
+                    WAKER => {
+                        if self.stop.load(Ordering::Acquire) {
+                            self.begin_shutdown(now, "stop requested");
+                        }
+                        self.upstream.on_wake(self.poll.registry(), now);
+                    }
                     token if token.0 >= PLACES_BASE => self.upstream.on_event(
                         self.poll.registry(),
                         token,
@@ -314,12 +351,11 @@ impl Reactor {
             .min()
     }
 
-    fn on_signals(&mut self, now: Instant) {
-        let signals: Vec<i32> = self.signals.pending().collect();
-        if signals.is_empty() || self.shutdown_by.is_some() {
+    fn begin_shutdown(&mut self, now: Instant, why: &str) {
+        if self.shutdown_by.is_some() {
             return;
         }
-        log::info!("signal {signals:?}: shutting down: no new connections, writing pending replies");
+        log::info!("{why}: shutting down: no new connections, writing pending replies");
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }

@@ -37,11 +37,12 @@ struct State {
 
 impl State {
     fn write_out(&mut self) {
-        if !self.buf.is_empty() && !self.failed {
-            if let Err(e) = self.file.write_all(&self.buf) {
-                self.failed = true;
-                eprintln!("herd: cannot write the log file: {e}; logging stops");
-            }
+        if !self.buf.is_empty()
+            && !self.failed
+            && let Err(e) = self.file.write_all(&self.buf)
+        {
+            self.failed = true;
+            eprintln!("herd: cannot write the log file: {e}; logging stops");
         }
         self.buf.clear();
         DIRTY.store(false, Ordering::Relaxed);

@@ -40,6 +40,10 @@ pub(crate) struct Peer {
     sent: usize,
     /// Position of the next record to resync, while a resync is under way.
     pub(crate) sync: Option<usize>,
+    /// The socket refused bytes at the driver's last write and has not taken everything since:
+    /// only then does the queue count against `peer_output_limit`. A burst queued within one
+    /// loop turn, before the driver's write, says nothing about the neighbour.
+    pub(crate) refused: bool,
 }
 
 impl Peer {
@@ -51,6 +55,7 @@ impl Peer {
             out: Vec::new(),
             sent: 0,
             sync: None,
+            refused: false,
         }
     }
 
@@ -80,6 +85,7 @@ impl Peer {
         self.out = Vec::new();
         self.sent = 0;
         self.sync = None;
+        self.refused = false;
         self.set_state(LinkState::Down { retry_at: now + delay });
     }
 
@@ -103,6 +109,7 @@ impl Peer {
     pub(crate) fn consume(&mut self, n: usize, table: &Locations, watermark: usize) {
         self.sent = (self.sent + n).min(self.out.len());
         if self.sent == self.out.len() {
+            self.refused = false;
             self.out.clear();
             self.sent = 0;
             if self.out.capacity() > KEEP_CAPACITY {

@@ -54,8 +54,9 @@ pub struct NodeConfig {
     pub neighbours: Vec<String>,
     /// Send a neighbour every record when its link comes up.
     pub sync_on_connect: bool,
-    /// Bytes queued for one neighbour beyond which the link is dropped and redialled: a stalled
-    /// peer must not grow our memory.
+    /// Bytes queued for one neighbour whose socket refuses them beyond which the link is dropped
+    /// and redialled: a stalled peer must not grow our memory. (A burst queued within one loop
+    /// turn does not count until the driver's write says the socket would block.)
     pub peer_output_limit: usize,
     /// First redial delay; it doubles on each failure.
     pub backoff_base: Duration,
@@ -500,13 +501,29 @@ impl Node {
     pub fn peer_sent(&mut self, peer: PeerId, n: usize) {
         self.peers[peer.0].consume(n, &self.table, SYNC_WATERMARK);
     }
+
+    /// The driver's write to `peer`'s link would block with bytes of
+    /// [`peer_transmit`](Self::peer_transmit) left. From now until the socket takes everything,
+    /// the queue counts against [`NodeConfig::peer_output_limit`]; past it the link is dropped
+    /// ([`Output::Disconnect`]), redialled and resynced.
+    pub fn peer_blocked(&mut self, now: Instant, peer: PeerId) {
+        let p = &mut self.peers[peer.0];
+        if !matches!(p.state, LinkState::Up { .. }) {
+            return;
+        }
+        p.refused = true;
+        if p.queued() > self.config.peer_output_limit {
+            drop_stalled(now, p, peer, &mut self.outputs, &mut self.rng, &self.config);
+        }
+    }
 }
 
 /// Queues `line` for every neighbour whose link is up. That includes the one it came from and
 /// the origin server named in it: plain AT lines on anonymous inbound connections do not say
 /// which neighbour sent them, and PROTOCOL.md floods to all other neighbours, so a copy coming
-/// back is dropped there as not newer. A neighbour whose queue would pass the limit is dropped:
-/// it is redialled and resynced rather than allowed to grow our memory.
+/// back is dropped there as not newer. A neighbour whose socket refuses bytes and whose queue
+/// would pass the limit is dropped: it is redialled and resynced rather than allowed to grow our
+/// memory.
 #[allow(clippy::too_many_arguments)]
 fn flood(
     now: Instant,
@@ -521,16 +538,27 @@ fn flood(
         if !matches!(p.state, LinkState::Up { .. }) {
             continue;
         }
-        if p.queued() + line.len() + 1 > config.peer_output_limit {
-            log::warn!("link to {} down: output limit of {} bytes reached", p.name, config.peer_output_limit);
-            p.go_down(now, config, rng);
-            outputs.push_back(Output::Disconnect(PeerId(i)));
+        if p.refused && p.queued() + line.len() + 1 > config.peer_output_limit {
+            drop_stalled(now, p, PeerId(i), outputs, rng, config);
             continue;
         }
         log::info!("{} > {}", p.name, line.escape_ascii());
         p.push_line(line);
         stats.flooded += 1;
     }
+}
+
+fn drop_stalled(
+    now: Instant,
+    p: &mut Peer,
+    id: PeerId,
+    outputs: &mut VecDeque<Output>,
+    rng: &mut Rng,
+    config: &NodeConfig,
+) {
+    log::warn!("link to {} down: output limit of {} bytes reached", p.name, config.peer_output_limit);
+    p.go_down(now, config, rng);
+    outputs.push_back(Output::Disconnect(id));
 }
 
 /// A line without its `\n` and an `\r` before it, as echoed in a `? ` reply.
@@ -850,13 +878,53 @@ mod tests {
         cfg.peer_output_limit = 1000;
         let mut n = Node::new(cfg, now);
         up(&mut n, now, 0);
-        let mut i = 0;
+        // A burst before the driver's first write is not a stall, whatever its size.
+        for i in 0..100 {
+            line(&mut n, T0, &format!("IAMAT c{i} +1.0+1.0 1"));
+        }
+        assert!(n.peer_transmit(PeerId(0)).len() > 1000);
+        assert_eq!(n.poll_output(), None);
+        // The socket takes part of it and refuses the rest: over the limit, dropped.
+        n.peer_sent(PeerId(0), 100);
+        n.peer_blocked(now, PeerId(0));
+        assert_eq!(n.poll_output(), Some(Output::Disconnect(PeerId(0))));
+        assert_eq!(n.peer_transmit(PeerId(0)), b"");
+    }
+
+    #[test]
+    fn refusing_peer_dropped_when_floods_pass_the_limit() {
+        let now = Instant::now();
+        let mut cfg = NodeConfig::new("Hill", vec!["Jaquez".into()]);
+        cfg.peer_output_limit = 1000;
+        let mut n = Node::new(cfg, now);
+        up(&mut n, now, 0);
+        line(&mut n, T0, "IAMAT c0 +1.0+1.0 1");
+        n.peer_blocked(now, PeerId(0));
+        assert_eq!(n.poll_output(), None, "under the limit: kept");
+        let mut i = 1;
         while matches!(n.link_state(PeerId(0)), LinkState::Up { .. }) {
             line(&mut n, T0, &format!("IAMAT c{i} +1.0+1.0 1"));
             i += 1;
             assert!(i < 100);
         }
         assert_eq!(n.poll_output(), Some(Output::Disconnect(PeerId(0))));
-        assert_eq!(n.peer_transmit(PeerId(0)), b"");
+    }
+
+    #[test]
+    fn peer_that_takes_everything_is_no_longer_refusing() {
+        let now = Instant::now();
+        let mut cfg = NodeConfig::new("Hill", vec!["Jaquez".into()]);
+        cfg.peer_output_limit = 1000;
+        let mut n = Node::new(cfg, now);
+        up(&mut n, now, 0);
+        line(&mut n, T0, "IAMAT c0 +1.0+1.0 1");
+        n.peer_blocked(now, PeerId(0));
+        let all = n.peer_transmit(PeerId(0)).len();
+        n.peer_sent(PeerId(0), all);
+        for i in 1..100 {
+            line(&mut n, T0, &format!("IAMAT c{i} +1.0+1.0 1"));
+        }
+        assert!(matches!(n.link_state(PeerId(0)), LinkState::Up { .. }));
+        assert_eq!(n.poll_output(), None);
     }
 }

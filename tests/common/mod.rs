@@ -139,8 +139,9 @@ impl Drop for TempDir {
 /// A client connection speaking raw bytes. Every read has a deadline.
 pub struct Client {
     stream: TcpStream,
-    /// Bytes read but not yet handed out.
+    /// Bytes read; `buf[start..]` not yet handed out.
     buf: Vec<u8>,
+    start: usize,
     eof: bool,
 }
 
@@ -150,7 +151,7 @@ impl Client {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Self { stream, buf: Vec::new(), eof: false })
+        Ok(Self { stream, buf: Vec::new(), start: 0, eof: false })
     }
 
     /// The socket, for what the helpers do not cover.
@@ -207,13 +208,26 @@ impl Client {
     /// timeout, on a reset, or at end of stream in the middle of a line.
     pub fn try_read_line(&mut self, timeout: Duration) -> io::Result<Option<Vec<u8>>> {
         let deadline = Instant::now() + timeout;
-        let mut scanned = 0;
+        let mut scanned = self.start;
         loop {
             if let Some(i) = self.buf[scanned..].iter().position(|&b| b == b'\n') {
-                let rest = self.buf.split_off(scanned + i + 1);
-                return Ok(Some(std::mem::replace(&mut self.buf, rest)));
+                // Hand out whole lines and move the rest down once per read, not once per line
+                // (that was quadratic in the lines of one 64 KiB read).
+                let end = scanned + i + 1;
+                let line = self.buf[self.start..end].to_vec();
+                self.start = end;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                return Ok(Some(line));
             }
             scanned = self.buf.len();
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                scanned -= self.start;
+                self.start = 0;
+            }
             if !self.fill(deadline)? {
                 if self.buf.is_empty() {
                     return Ok(None);
@@ -236,7 +250,7 @@ impl Client {
         match self.try_read_line(timeout) {
             Ok(Some(line)) => line,
             Ok(None) => panic!("end of stream where a line was expected"),
-            Err(e) => panic!("no line within {timeout:?}: {e}; buffered: {}", show(&self.buf)),
+            Err(e) => panic!("no line within {timeout:?}: {e}; buffered: {}", show(&self.buf[self.start..])),
         }
     }
 
@@ -258,6 +272,8 @@ impl Client {
     /// Everything up to end of stream, within `timeout`. An error on timeout or reset.
     pub fn try_read_to_eof(&mut self, timeout: Duration) -> io::Result<Vec<u8>> {
         let deadline = Instant::now() + timeout;
+        self.buf.drain(..self.start);
+        self.start = 0;
         while self.fill(deadline)? {}
         Ok(std::mem::take(&mut self.buf))
     }
@@ -818,3 +834,56 @@ pub fn distance_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
 /// order.
 pub const LEGACY_RESULT_KEYS: [&str; 8] =
     ["business_status", "geometry", "name", "place_id", "rating", "types", "user_ratings_total", "vicinity"];
+
+// ----- Process figures from /proc (Linux), for tests/hostile.rs and any test that checks for
+// leaks. Both panic if the process is gone, so a crash is not mistaken for a small figure. -----
+
+/// The resident set size of process `pid`, in KiB (`VmRSS` in `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// How many file descriptors process `pid` has open (sockets, files, epoll...): the entries of
+/// `/proc/PID/fd`.
+pub fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}")).count()
+}
+
+// ----- CPU time from /proc (Linux), for tests/faults.rs (a server that must idle). -----
+
+/// CPU time process `pid` has used so far, user plus system, in clock ticks (fields 14 and 15
+/// of `/proc/PID/stat`); see [`clock_ticks_per_second`]. Panics if the process is gone.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
+    // The command name (field 2) is in parentheses and may hold spaces: count fields after it.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_else(|| panic!("no ')' in /proc/{pid}/stat"));
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> u64 {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no field {n} in /proc/{pid}/stat"))
+    };
+    field(14) + field(15)
+}
+
+/// Clock ticks per second of [`cpu_ticks`] (`getconf CLK_TCK`; Linux fixes it at 100 for
+/// user space, the fallback).
+pub fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100)
+}

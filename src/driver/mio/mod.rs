@@ -567,8 +567,14 @@ impl Reactor {
     }
 
     fn read(&mut self, key: usize, now: Instant) {
-        let Self { conns, node, scratch, discard, limits, dirty, ready, lingering, paused, .. } = self;
+        let Self {
+            conns, node, scratch, discard, limits, dirty, ready, lingering, paused, shutdown_by, ..
+        } = self;
         let Some(c) = conns.get_mut(key) else { return };
+        // At shutdown, a client may still be sending while it reads the replies computed before
+        // the signal: keep discarding until the grace period ends rather than cut it (and lose
+        // those replies to the reset) after `LINGER_BYTES`.
+        let linger_cap = if shutdown_by.is_some() { usize::MAX } else { LINGER_BYTES };
         let mut budget = limits.read_budget;
         let mut close: Option<String> = None;
         let mut over_limit = false;
@@ -613,7 +619,7 @@ impl Reactor {
                     }
                     break;
                 }
-                if c.discarded > LINGER_BYTES {
+                if c.discarded > linger_cap {
                     close = Some(format!("more than {LINGER_BYTES} bytes sent after the last reply"));
                     break;
                 }
@@ -723,6 +729,7 @@ impl Reactor {
                     Ok(Some(n)) => self.node.peer_sent(peer, n),
                     Ok(None) => {
                         c.writable = false;
+                        self.node.peer_blocked(now, peer);
                         break;
                     }
                     Err(reason) => {

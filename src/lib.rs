@@ -34,10 +34,13 @@
 //!   New-to-legacy conversion and the WHATSAT reply body.
 //! - [`driver`]: the mio reactor that drives a `Node` over real sockets.
 //! - [`config`], [`cli`], [`logging`]: process set-up.
+//! - [`app`]: the process around a driver (command line, config to [`core::Node`], log, exit
+//!   statuses), shared by `herd` and its tokio twin `examples/herd-tokio.rs`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::unwrap_used)]
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod core;

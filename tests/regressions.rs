@@ -107,3 +107,28 @@ fn shutdown_while_client_still_sends_loses_no_reply() {
     assert_eq!(replies, n, "replies computed before the signal were lost");
     assert_eq!(herd.wait_exit("Hill", Duration::from_secs(5)).code(), Some(0));
 }
+
+/// A WHATSAT still waiting for Places when SIGTERM arrives is answered before the close: the
+/// shutdown used to shut the client's write side at once (nothing was queued yet), and the
+/// answer that came later was lost ("write error: Broken pipe").
+#[cfg(feature = "stub")]
+#[test]
+fn whatsat_pending_at_shutdown_is_still_answered() {
+    let stub = Stub::start(&["--delay-ms", "800"]);
+    let mut herd = Herd::new(&[("Hill", &[])], &stub.herd_yaml("new", 5000));
+    herd.start_all();
+    let mut c = herd.connect("Hill");
+    let ts = timestamp(unix_nanos() - 1_000_000_000);
+    let at = c.round_trip(format!("IAMAT waiting {LOCATION} {ts}\n").as_bytes());
+    c.send(b"WHATSAT waiting 10 3\n");
+    assert!(
+        wait_until(Duration::from_secs(5), || stub.stdout().contains("request 1 ")
+            || herd.log_contains("Hill", b"WHATSAT waiting 10 3")),
+        "the WHATSAT did not reach Hill"
+    );
+    herd.signal("Hill", "TERM");
+    let all = c.read_to_eof(Duration::from_secs(5));
+    assert!(all.starts_with(&at), "the reply starts with the stored AT line: {}", show(&all));
+    assert!(all.ends_with(b"}\n\n"), "a whole WHATSAT reply before the close: {}", show(&all));
+    assert!(herd.wait_exit("Hill", Duration::from_secs(5)).success());
+}

@@ -55,8 +55,9 @@ pub struct NodeConfig {
     /// Send a neighbour every record when its link comes up.
     pub sync_on_connect: bool,
     /// Bytes queued for one neighbour whose socket refuses them beyond which the link is dropped
-    /// and redialled: a stalled peer must not grow our memory. (A burst queued within one loop
-    /// turn does not count until the driver's write says the socket would block.)
+    /// and redialled: a stalled peer must not grow our memory. A burst queued within one loop
+    /// turn does not count until the driver's write says the socket would block, and the limit
+    /// is never below a resync chunk (64 KiB plus one line).
     pub peer_output_limit: usize,
     /// First redial delay; it doubles on each failure.
     pub backoff_base: Duration,
@@ -512,7 +513,7 @@ impl Node {
             return;
         }
         p.refused = true;
-        if p.queued() > self.config.peer_output_limit {
+        if p.queued() > stall_limit(&self.config) {
             drop_stalled(now, p, peer, &mut self.outputs, &mut self.rng, &self.config);
         }
     }
@@ -538,7 +539,7 @@ fn flood(
         if !matches!(p.state, LinkState::Up { .. }) {
             continue;
         }
-        if p.refused && p.queued() + line.len() + 1 > config.peer_output_limit {
+        if p.refused && p.queued() + line.len() + 1 > stall_limit(config) {
             drop_stalled(now, p, PeerId(i), outputs, rng, config);
             continue;
         }
@@ -546,6 +547,13 @@ fn flood(
         p.push_line(line);
         stats.flooded += 1;
     }
+}
+
+/// The queue a refusing link may hold: `peer_output_limit`, but never less than what a resync
+/// queues by itself (a chunk topped up to the watermark, plus one record), or a resync to a
+/// slow reader would cut its own link whatever the neighbour does.
+fn stall_limit(config: &NodeConfig) -> usize {
+    config.peer_output_limit.max(SYNC_WATERMARK + config.max_line + 1)
 }
 
 fn drop_stalled(
@@ -879,10 +887,10 @@ mod tests {
         let mut n = Node::new(cfg, now);
         up(&mut n, now, 0);
         // A burst before the driver's first write is not a stall, whatever its size.
-        for i in 0..100 {
+        for i in 0..3000 {
             line(&mut n, T0, &format!("IAMAT c{i} +1.0+1.0 1"));
         }
-        assert!(n.peer_transmit(PeerId(0)).len() > 1000);
+        assert!(n.peer_transmit(PeerId(0)).len() > stall_limit(&n.config) + 100);
         assert_eq!(n.poll_output(), None);
         // The socket takes part of it and refuses the rest: over the limit, dropped.
         n.peer_sent(PeerId(0), 100);
@@ -905,8 +913,9 @@ mod tests {
         while matches!(n.link_state(PeerId(0)), LinkState::Up { .. }) {
             line(&mut n, T0, &format!("IAMAT c{i} +1.0+1.0 1"));
             i += 1;
-            assert!(i < 100);
+            assert!(i < 10_000);
         }
+        assert!(i > 1000, "dropped after {i} updates: the resync floor is not applied");
         assert_eq!(n.poll_output(), Some(Output::Disconnect(PeerId(0))));
     }
 
@@ -921,7 +930,7 @@ mod tests {
         n.peer_blocked(now, PeerId(0));
         let all = n.peer_transmit(PeerId(0)).len();
         n.peer_sent(PeerId(0), all);
-        for i in 1..100 {
+        for i in 1..3000 {
             line(&mut n, T0, &format!("IAMAT c{i} +1.0+1.0 1"));
         }
         assert!(matches!(n.link_state(PeerId(0)), LinkState::Up { .. }));

@@ -760,7 +760,9 @@ impl Reactor {
                     }
                     match c.state {
                         State::Draining if !c.reader.is_paused() => failed = Some("end of stream".into()),
-                        State::Lingering { until, shut: false } => {
+                        // Not while a WHATSAT's answer is still to come (shutdown can begin
+                        // while Places is being asked).
+                        State::Lingering { until, shut: false } if !c.reader.is_paused() => {
                             let _ = c.stream.shutdown(Shutdown::Write);
                             c.set_state(State::Lingering { until, shut: true });
                         }

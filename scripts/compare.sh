@@ -67,7 +67,7 @@ fi
 cd "$ROOT"
 OUT=${OUT:-$ROOT/target/compare}
 mkdir -p "$OUT/raw" "$OUT/logs"
-rm -f "$OUT"/raw/*.json
+rm -f "$OUT"/raw/*.json "$OUT"/raw/*.err "$OUT"/logs/*
 
 # Pinning: servers on core 0, load on core 1, when there are two cores or more.
 SERVER_PIN=() LOAD_PIN=()
@@ -305,7 +305,10 @@ if [[ -n $MEMORY ]]; then
     done
 fi
 
-cp -f "$WORK"/logs/*.log "$OUT/logs/" 2>/dev/null || true
+# The servers' logs can be gigabytes after the full-logging runs: keep only their ends.
+for log in "$WORK"/logs/*.log; do
+    [[ -f $log ]] && tail -n 200 "$log" >"$OUT/logs/$(basename "$log")"
+done
 python3 scripts/compare_report.py --raw "$OUT/raw" --out "$OUT" \
     --machine "$(nproc) cores, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | xargs)" \
     --settings "${CONNS} connections, ${DURATION}s measured after ${WARMUP}s warm-up, median of $REPEAT run(s); servers ${SERVER_PIN[*]:-unpinned}, load ${LOAD_PIN[*]:-unpinned}"

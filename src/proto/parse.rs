@@ -255,8 +255,20 @@ fn parse_radius(r: &[u8]) -> Option<f64> {
     if digits == 0 || dots > 1 || r.last() == Some(&b'.') {
         return None;
     }
-    let v: f64 = std::str::from_utf8(r).ok()?.parse().ok()?;
-    (v > 0.0 && v <= MAX_RADIUS_KM).then_some(v)
+    // The range is decided on the digits, exactly: as an f64, `50.00000000000000001` rounds to
+    // 50 and `0.000…0001` with enough zeros to 0.
+    let (int, frac) = match r.iter().position(|&b| b == b'.') {
+        Some(dot) => (&r[..dot], &r[dot + 1..]),
+        None => (r, &b""[..]),
+    };
+    let int = &int[int.iter().take_while(|&&b| b == b'0').count()..];
+    let whole = if int.len() > 2 { u64::MAX } else { int.iter().fold(0, |n, &b| n * 10 + u64::from(b - b'0')) };
+    let frac_zero = frac.iter().all(|&b| b == b'0');
+    let max = MAX_RADIUS_KM as u64;
+    if whole > max || (whole == max && !frac_zero) || (whole == 0 && frac_zero) {
+        return None;
+    }
+    std::str::from_utf8(r).ok()?.parse().ok()
 }
 
 /// `DIGITS` in [1, 20].
@@ -440,6 +452,8 @@ mod tests {
         assert!(matches!(ok(b"WHATSAT k 0.001 1"), Command::WhatsAt { .. }));
         for bad in
             [&b"0"[..], b"50.0001", b"-1", b"+1", b"1e1", b"inf", b"nan", b"1.", b".", b"1.2.3", b"", b"51"]
+                .into_iter()
+                .chain([&b"50.00000000000000001"[..], b"0.0000000000000000000000000000000000000000000", b"000", b"100"])
         {
             let mut line = b"WHATSAT k ".to_vec();
             line.extend_from_slice(if bad.is_empty() { b"x" } else { bad });
@@ -452,5 +466,9 @@ mod tests {
             assert_eq!(parse_line(&line), Err(Invalid::Bound), "{}", bad.escape_ascii());
         }
         assert!(matches!(ok(b"WHATSAT k .5 020"), Command::WhatsAt { bound: 20, .. }));
+        // Decided on the digits, not on a rounded f64.
+        let tiny = format!("WHATSAT k 0.{}1 5", "0".repeat(400));
+        assert!(matches!(parse_line(tiny.as_bytes()), Ok(Some(Command::WhatsAt { .. }))));
+        assert!(matches!(ok(b"WHATSAT k 050.000 5"), Command::WhatsAt { radius_km: 50.0, .. }));
     }
 }

@@ -262,7 +262,8 @@ fn parse_radius(r: &[u8]) -> Option<f64> {
         None => (r, &b""[..]),
     };
     let int = &int[int.iter().take_while(|&&b| b == b'0').count()..];
-    let whole = if int.len() > 2 { u64::MAX } else { int.iter().fold(0, |n, &b| n * 10 + u64::from(b - b'0')) };
+    let whole =
+        if int.len() > 2 { u64::MAX } else { int.iter().fold(0, |n, &b| n * 10 + u64::from(b - b'0')) };
     let frac_zero = frac.iter().all(|&b| b == b'0');
     let max = MAX_RADIUS_KM as u64;
     if whole > max || (whole == max && !frac_zero) || (whole == 0 && frac_zero) {
@@ -453,7 +454,12 @@ mod tests {
         for bad in
             [&b"0"[..], b"50.0001", b"-1", b"+1", b"1e1", b"inf", b"nan", b"1.", b".", b"1.2.3", b"", b"51"]
                 .into_iter()
-                .chain([&b"50.00000000000000001"[..], b"0.0000000000000000000000000000000000000000000", b"000", b"100"])
+                .chain([
+                    &b"50.00000000000000001"[..],
+                    b"0.0000000000000000000000000000000000000000000",
+                    b"000",
+                    b"100",
+                ])
         {
             let mut line = b"WHATSAT k ".to_vec();
             line.extend_from_slice(if bad.is_empty() { b"x" } else { bad });

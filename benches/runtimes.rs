@@ -296,57 +296,40 @@ fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
 }
 
 fn round_trip(c: &mut Criterion) {
-    let mut g = group(c, "round_trip");
-    g.throughput(Throughput::Elements(1));
-    for kind in KINDS {
-        let server = start(kind, node("Hill", &[]), endpoints(vec![]), no_places());
-        let mut client = Client::connect(server.addr);
-        client.check_iamat("Hill", "kiwi.cs.ucla.edu");
-        let mut line = Vec::new();
-        g.bench_function(kind.name(), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    line.clear();
-                    push_iamat(&mut line, "kiwi.cs.ucla.edu");
-                    let t = Instant::now();
-                    client.send(&line);
-                    client.lines(1);
-                    total += t.elapsed();
-                }
-                total
-            })
-        });
-        drop(client);
-        server.stop();
-    }
-    g.finish();
+    // Criterion's default sample size.
+    iamat_batches(c, "round_trip", &["kiwi.cs.ucla.edu".to_string()], 100);
 }
 
 /// IAMATs per write in `pipelined`.
 const PIPELINED: usize = 256;
 
 fn pipelined(c: &mut Criterion) {
-    let mut g = group(c, "pipelined");
-    g.sample_size(50);
-    g.throughput(Throughput::Elements(PIPELINED as u64));
     let clients: Vec<String> = (0..PIPELINED).map(|i| format!("client-{i:03}.cs.ucla.edu")).collect();
+    iamat_batches(c, "pipelined", &clients, 50);
+}
+
+/// One IAMAT per client in `ids`, written at once on one connection, timed until every reply is
+/// read (the lines are formatted outside the timing).
+fn iamat_batches(c: &mut Criterion, name: &str, ids: &[String], samples: usize) {
+    let mut g = group(c, name);
+    g.sample_size(samples);
+    g.throughput(Throughput::Elements(ids.len() as u64));
     for kind in KINDS {
         let server = start(kind, node("Hill", &[]), endpoints(vec![]), no_places());
         let mut client = Client::connect(server.addr);
-        client.check_iamat("Hill", &clients[0]);
-        let mut batch = Vec::with_capacity(PIPELINED * 64);
+        client.check_iamat("Hill", &ids[0]);
+        let mut batch = Vec::with_capacity(ids.len() * 64);
         g.bench_function(kind.name(), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     batch.clear();
-                    for id in &clients {
+                    for id in ids {
                         push_iamat(&mut batch, id);
                     }
                     let t = Instant::now();
                     client.send(&batch);
-                    client.lines(PIPELINED);
+                    client.lines(ids.len());
                     total += t.elapsed();
                 }
                 total

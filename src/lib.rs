@@ -32,7 +32,8 @@
 //!   backoff, resync.
 //! - [`places`]: the Places client, sans-IO: request bytes for both APIs, response reading, the
 //!   New-to-legacy conversion and the WHATSAT reply body.
-//! - [`driver`]: the mio reactor that drives a `Node` over real sockets.
+//! - [`driver`]: the mio reactor that drives a `Node` over real sockets, and what every driver
+//!   does the same way between a socket's bytes and the node (`feed_lines`).
 //! - [`config`], [`cli`], [`logging`]: process set-up.
 //! - [`app`]: the process around a driver (command line, config to [`core::Node`], log, exit
 //!   statuses), shared by `herd` and its tokio twin `examples/herd-tokio.rs`.

@@ -7,6 +7,8 @@
 //! `PROPTEST_CASES=20000 cargo test --release --test props`. Failures print the shrunk input;
 //! nothing is written to the tree.
 
+mod models;
+
 use std::ops::ControlFlow;
 
 use herd::places::response::{HttpError, MAX_BODY, MAX_HEAD, Progress, Response, ResponseReader};
@@ -14,14 +16,14 @@ use herd::proto::{
     Command, Difference, Frame, Invalid, LineReader, Location, Timestamp, fields, is_space, parse_line,
     write_at_line, write_difference,
 };
+use models::{
+    Outcome, Owned, SPACES, model_fields, model_frames, outcome, read, same_outcome, timestamp_nanos,
+};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use proptest::test_runner::TestCaseError;
-
-/// PROTOCOL.md's white space, written out here independently of `is_space`.
-const SPACES: [u8; 6] = [b' ', b'\t', b'\r', b'\n', b'\x0b', b'\x0c'];
 
 /// `cases` cases unless `PROPTEST_CASES` says otherwise; no regression files in the tree.
 fn config(cases: u32) -> ProptestConfig {
@@ -67,16 +69,6 @@ fn one_by_one(data: &[u8]) -> Vec<&[u8]> {
 // ---------------------------------------------------------------------------------------------
 // Parser: strategies and models
 // ---------------------------------------------------------------------------------------------
-
-/// Fields split on exactly the six bytes of PROTOCOL.md.
-fn model_fields(line: &[u8]) -> Vec<&[u8]> {
-    line.split(|b| SPACES.contains(b)).filter(|f| !f.is_empty()).collect()
-}
-
-/// A parse result in owned, comparable form (a `Command` borrows its line).
-fn outcome(line: &[u8]) -> String {
-    format!("{:?}", parse_line(line))
-}
 
 fn space() -> impl Strategy<Value = u8> {
     select(SPACES.to_vec())
@@ -169,18 +161,6 @@ fn timestamp() -> impl Strategy<Value = (Vec<u8>, Timestamp)> {
             }
             (text, Timestamp::new(secs, nanos))
         })
-}
-
-/// The exact value of a timestamp's text, decoded here without `Timestamp`.
-fn timestamp_nanos(text: &[u8]) -> i128 {
-    let (int, frac) = match text.iter().position(|&b| b == b'.') {
-        Some(dot) => (&text[..dot], &text[dot + 1..]),
-        None => (text, &b""[..]),
-    };
-    let num = |d: &[u8]| d.iter().fold(0i128, |n, &c| n * 10 + i128::from(c - b'0'));
-    let mut frac9 = frac.to_vec();
-    frac9.resize(9, b'0');
-    num(int) * 1_000_000_000 + num(&frac9)
 }
 
 /// A time difference as other servers may write it: optional sign, digits, optional fraction.
@@ -574,44 +554,6 @@ proptest! {
 // Framing
 // ---------------------------------------------------------------------------------------------
 
-/// A frame in owned form.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Owned {
-    Line(Vec<u8>),
-    Overlong(Vec<u8>),
-}
-
-impl From<Frame<'_>> for Owned {
-    fn from(f: Frame<'_>) -> Self {
-        match f {
-            Frame::Line(l) => Self::Line(l.to_vec()),
-            Frame::Overlong(p) => Self::Overlong(p.to_vec()),
-        }
-    }
-}
-
-/// What the framing must deliver for `stream`, written independently of `LineReader`: lines up
-/// to the first over-long one, which is reported by its first `max` bytes and ends the stream;
-/// at end of stream (`eof`), a final unterminated line.
-fn model_frames(stream: &[u8], max: usize, eof: bool) -> Vec<Owned> {
-    let mut out = Vec::new();
-    let mut rest = stream;
-    while let Some(i) = rest.iter().position(|&b| b == b'\n') {
-        if i > max {
-            out.push(Owned::Overlong(rest[..max].to_vec()));
-            return out;
-        }
-        out.push(Owned::Line(rest[..i].to_vec()));
-        rest = &rest[i + 1..];
-    }
-    if rest.len() > max {
-        out.push(Owned::Overlong(rest[..max].to_vec()));
-    } else if eof && !rest.is_empty() {
-        out.push(Owned::Line(rest.to_vec()));
-    }
-    out
-}
-
 /// Feeds every chunk (also after an over-long line: later input must be ignored), then
 /// finishes. Checks after each feed that the reader holds at most `max` bytes.
 fn frames(max: usize, chunks: &[&[u8]], eof: bool) -> Result<Vec<Owned>, TestCaseError> {
@@ -714,45 +656,6 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // HTTP response reader
 // ---------------------------------------------------------------------------------------------
-
-/// How reading ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    Done(Response),
-    /// All bytes fed, no end of stream, response not complete.
-    Partial,
-    Failed(HttpError),
-}
-
-/// Feeds the chunks until the response completes or fails; then, if `eof`, ends the stream.
-fn read(chunks: &[&[u8]], eof: bool) -> Outcome {
-    let mut reader = ResponseReader::new();
-    for chunk in chunks {
-        match reader.feed(chunk) {
-            Ok(Progress::Done(r)) => return Outcome::Done(r),
-            Ok(Progress::Partial) => {}
-            Err(e) => return Outcome::Failed(e),
-        }
-    }
-    if !eof {
-        return Outcome::Partial;
-    }
-    match reader.finish() {
-        Ok(r) => Outcome::Done(r),
-        Err(e) => Outcome::Failed(e),
-    }
-}
-
-/// Split-independence for arbitrary bytes. One difference is allowed: a head longer than
-/// `MAX_HEAD` that is also malformed may be reported as either, depending on which is seen first.
-fn same_outcome(a: &Outcome, b: &Outcome) -> bool {
-    use HttpError::{BadHead, HeadTooLarge};
-    match (a, b) {
-        (Outcome::Failed(HeadTooLarge), Outcome::Failed(BadHead(_)))
-        | (Outcome::Failed(BadHead(_)), Outcome::Failed(HeadTooLarge)) => true,
-        _ => a == b,
-    }
-}
 
 /// Upper/lower case of each letter chosen by the bits of `mask`.
 fn cased(s: &str, mask: u64) -> String {

@@ -51,17 +51,17 @@ use std::collections::HashMap;
 use std::future::{Future, pending};
 use std::io;
 use std::net::SocketAddr;
-use std::ops::ControlFlow;
 use std::pin::pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use herd::config::Limits;
-use herd::core::{ConnId, Handled, Node, Output, PeerId, QueryId};
+use herd::core::{Node, Output, PeerId, QueryId};
 use herd::driver::mio::{Endpoints, PlacesTarget};
+use herd::driver::{Fed, Input, feed_lines, unix_nanos};
 use herd::logging;
 use herd::places::Query;
-use herd::proto::{Frame, LineReader, OVERLONG_ECHO, write_invalid};
+use herd::proto::LineReader;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -280,7 +280,7 @@ struct Core {
     peers: Vec<SocketAddr>,
     /// Each neighbour's link task, while it exists.
     links: Vec<Option<Link>>,
-    /// Connections waiting for a WHATSAT's answer, by log id (the node's [`ConnId`]).
+    /// Connections waiting for a WHATSAT's answer, by log id (the node's `ConnId`).
     waiting: HashMap<u64, oneshot::Sender<Vec<u8>>>,
     /// Places requests in flight, by the node's id.
     queries: HashMap<QueryId, AbortHandle>,
@@ -972,76 +972,4 @@ async fn ask_places(shared: Rc<Shared>, id: QueryId, query: Query) {
         core.node.handle_places_response(id, result);
     }
     drive(&shared);
-}
-
-/// What is handed to a connection's framing.
-enum Input<'a> {
-    /// Bytes just read.
-    Data(&'a [u8]),
-    /// End of stream: a final line without `\n` is still a line.
-    End,
-    /// The lines held back behind a WHATSAT, now that it is answered.
-    Resume,
-}
-
-/// What stopped a connection's lines.
-#[derive(Debug, Default)]
-struct Fed {
-    /// A line passed the length limit.
-    overlong: bool,
-    /// A WHATSAT waits for Places; no more lines until it is answered.
-    paused: bool,
-}
-
-/// Hands a connection's complete lines to the node, appending replies to `out` and logging
-/// both: the mio driver's `feed_lines`, line for line.
-#[allow(clippy::too_many_arguments)]
-fn feed_lines(
-    node: &mut Node,
-    id: u64,
-    reader: &mut LineReader,
-    out: &mut Vec<u8>,
-    max_line: usize,
-    now: Instant,
-    wall: i128,
-    input: Input<'_>,
-) -> Fed {
-    let mut fed = Fed::default();
-    let mut on_frame = |frame: Frame<'_>| {
-        let start = out.len();
-        let mut flow = ControlFlow::Continue(());
-        match frame {
-            Frame::Line(line) => {
-                log::info!("c{id} < {}", line.escape_ascii());
-                if node.handle_line(now, wall, ConnId(id), line, out) == Handled::Pending {
-                    fed.paused = true;
-                    flow = ControlFlow::Break(());
-                }
-            }
-            Frame::Overlong(prefix) => {
-                let echo = &prefix[..prefix.len().min(OVERLONG_ECHO)];
-                log::info!("c{id} < {}... (over {max_line} bytes)", echo.escape_ascii());
-                write_invalid(out, echo);
-                fed.overlong = true;
-            }
-        }
-        if out.len() > start {
-            log::info!("c{id} > {}", out[start..out.len() - 1].escape_ascii());
-        }
-        flow
-    };
-    let _ = match input {
-        Input::Data(data) => reader.feed(data, &mut on_frame),
-        Input::End => reader.finish(&mut on_frame),
-        Input::Resume => reader.resume(&mut on_frame),
-    };
-    fed
-}
-
-/// The wall clock in nanoseconds since the epoch (negative before it).
-fn unix_nanos() -> i128 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
-    }
 }

@@ -8,11 +8,12 @@
 
 use std::ops::ControlFlow;
 
-use herd::places::response::{HttpError, MAX_BODY, Progress, Response, ResponseReader};
-use herd::proto::{Command, Difference, Frame, LineReader, fields, parse_line, write_at_line};
+#[path = "../../tests/models/mod.rs"]
+mod models;
 
-/// PROTOCOL.md's white space, written out here independently of `herd::proto::is_space`.
-const SPACES: [u8; 6] = [b' ', b'\t', b'\r', b'\n', b'\x0b', b'\x0c'];
+use herd::places::response::{MAX_BODY, Response};
+use herd::proto::{Command, Difference, Frame, LineReader, fields, parse_line, write_at_line};
+use models::{Outcome, Owned, SPACES, model_fields, model_frames, outcome, same_outcome, timestamp_nanos};
 
 /// Byte-at-a-time feeding of the HTTP reader costs a head re-parse per byte; above this length
 /// only the chosen split and the whole input are compared.
@@ -66,28 +67,6 @@ impl<'a> Split<'a> {
 // ---------------------------------------------------------------------------------------------
 // Parser
 // ---------------------------------------------------------------------------------------------
-
-/// Fields split on exactly the six bytes of PROTOCOL.md.
-fn model_fields(line: &[u8]) -> Vec<&[u8]> {
-    line.split(|b| SPACES.contains(b)).filter(|f| !f.is_empty()).collect()
-}
-
-/// The exact value of a timestamp's text in nanoseconds, decoded here without `Timestamp`
-/// (only called on text the parser accepted).
-fn timestamp_nanos(text: &[u8]) -> i128 {
-    let (int, frac) = match text.iter().position(|&b| b == b'.') {
-        Some(dot) => (&text[..dot], &text[dot + 1..]),
-        None => (text, &b""[..]),
-    };
-    let num = |d: &[u8]| d.iter().fold(0i128, |n, &c| n * 10 + i128::from(c - b'0'));
-    let mut frac9 = frac.to_vec();
-    frac9.resize(9, b'0');
-    num(int) * 1_000_000_000 + num(&frac9)
-}
-
-fn outcome(line: &[u8]) -> String {
-    format!("{:?}", parse_line(line))
-}
 
 /// Any line: no panic; the fields are the six-byte split; the result depends only on the fields
 /// (any white-space byte may stand for any other, runs for single spaces); a parsed command's
@@ -154,41 +133,6 @@ pub fn check_parse_line(line: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 // Framing
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Owned {
-    Line(Vec<u8>),
-    Overlong(Vec<u8>),
-}
-
-impl From<Frame<'_>> for Owned {
-    fn from(f: Frame<'_>) -> Self {
-        match f {
-            Frame::Line(l) => Self::Line(l.to_vec()),
-            Frame::Overlong(p) => Self::Overlong(p.to_vec()),
-        }
-    }
-}
-
-/// What the framing must deliver, written independently of `LineReader`.
-fn model_frames(stream: &[u8], max: usize, eof: bool) -> Vec<Owned> {
-    let mut out = Vec::new();
-    let mut rest = stream;
-    while let Some(i) = rest.iter().position(|&b| b == b'\n') {
-        if i > max {
-            out.push(Owned::Overlong(rest[..max].to_vec()));
-            return out;
-        }
-        out.push(Owned::Line(rest[..i].to_vec()));
-        rest = &rest[i + 1..];
-    }
-    if rest.len() > max {
-        out.push(Owned::Overlong(rest[..max].to_vec()));
-    } else if eof && !rest.is_empty() {
-        out.push(Owned::Line(rest.to_vec()));
-    }
-    out
-}
 
 fn frames(max: usize, chunks: &[&[u8]], eof: bool) -> Vec<Owned> {
     let mut reader = LineReader::new(max);
@@ -257,46 +201,13 @@ pub fn check_framing(data: &[u8]) {
 // HTTP response reader
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    Done(Response),
-    Partial,
-    Failed(HttpError),
-}
-
+/// [`models::read`], checking that a body never exceeds `MAX_BODY`.
 fn read(chunks: &[&[u8]], eof: bool) -> Outcome {
-    let mut reader = ResponseReader::new();
-    for chunk in chunks {
-        match reader.feed(chunk) {
-            Ok(Progress::Done(r)) => {
-                assert!(r.body.len() <= MAX_BODY);
-                return Outcome::Done(r);
-            }
-            Ok(Progress::Partial) => {}
-            Err(e) => return Outcome::Failed(e),
-        }
+    let outcome = models::read(chunks, eof);
+    if let Outcome::Done(r) = &outcome {
+        assert!(r.body.len() <= MAX_BODY);
     }
-    if !eof {
-        return Outcome::Partial;
-    }
-    match reader.finish() {
-        Ok(r) => {
-            assert!(r.body.len() <= MAX_BODY);
-            Outcome::Done(r)
-        }
-        Err(e) => Outcome::Failed(e),
-    }
-}
-
-/// The one allowed difference: a head longer than `MAX_HEAD` that is also malformed may be
-/// reported as either, depending on which is seen first.
-fn same_outcome(a: &Outcome, b: &Outcome) -> bool {
-    use HttpError::{BadHead, HeadTooLarge};
-    match (a, b) {
-        (Outcome::Failed(HeadTooLarge), Outcome::Failed(BadHead(_)))
-        | (Outcome::Failed(BadHead(_)), Outcome::Failed(HeadTooLarge)) => true,
-        _ => a == b,
-    }
+    outcome
 }
 
 /// Parameters: a flags byte. Bit 0: end of stream after the bytes. Bits 1-2: 0 reads the payload

@@ -879,13 +879,19 @@ mod tests {
         assert_eq!(n.poll_output(), None);
     }
 
-    #[test]
-    fn stalled_peer_dropped_at_output_limit() {
+    /// A node whose link to Jaquez is up, with `peer_output` far below the resync floor.
+    fn linked_with_small_peer_output() -> (Node, Instant) {
         let now = Instant::now();
         let mut cfg = NodeConfig::new("Hill", vec!["Jaquez".into()]);
         cfg.peer_output_limit = 1000;
         let mut n = Node::new(cfg, now);
         up(&mut n, now, 0);
+        (n, now)
+    }
+
+    #[test]
+    fn stalled_peer_dropped_at_output_limit() {
+        let (mut n, now) = linked_with_small_peer_output();
         // A burst before the driver's first write is not a stall, whatever its size.
         for i in 0..3000 {
             line(&mut n, T0, &format!("IAMAT c{i} +1.0+1.0 1"));
@@ -901,11 +907,7 @@ mod tests {
 
     #[test]
     fn refusing_peer_dropped_when_floods_pass_the_limit() {
-        let now = Instant::now();
-        let mut cfg = NodeConfig::new("Hill", vec!["Jaquez".into()]);
-        cfg.peer_output_limit = 1000;
-        let mut n = Node::new(cfg, now);
-        up(&mut n, now, 0);
+        let (mut n, now) = linked_with_small_peer_output();
         line(&mut n, T0, "IAMAT c0 +1.0+1.0 1");
         n.peer_blocked(now, PeerId(0));
         assert_eq!(n.poll_output(), None, "under the limit: kept");
@@ -921,11 +923,7 @@ mod tests {
 
     #[test]
     fn peer_that_takes_everything_is_no_longer_refusing() {
-        let now = Instant::now();
-        let mut cfg = NodeConfig::new("Hill", vec!["Jaquez".into()]);
-        cfg.peer_output_limit = 1000;
-        let mut n = Node::new(cfg, now);
-        up(&mut n, now, 0);
+        let (mut n, now) = linked_with_small_peer_output();
         line(&mut n, T0, "IAMAT c0 +1.0+1.0 1");
         n.peer_blocked(now, PeerId(0));
         let all = n.peer_transmit(PeerId(0)).len();

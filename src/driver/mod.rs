@@ -1,2 +1,84 @@
-//! Drivers.
+//! Drivers: the event loops that move bytes and time in and out of a [`Node`]. The mio reactor
+//! is the product; the tokio twin (`benches/twin/`) is the benchmarks' contrast. What both do
+//! the same way between a socket's bytes and the node lives here, so only the event loop differs.
+
 pub mod mio;
+
+use std::ops::ControlFlow;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::core::{ConnId, Handled, Node};
+use crate::proto::{Frame, LineReader, OVERLONG_ECHO, write_invalid};
+
+/// What is handed to a connection's framing.
+pub enum Input<'a> {
+    /// Bytes just read.
+    Data(&'a [u8]),
+    /// End of stream: a final line without `\n` is still a line.
+    End,
+    /// The lines held back behind a WHATSAT, now that it is answered.
+    Resume,
+}
+
+/// What stopped a connection's lines.
+#[derive(Debug, Default)]
+pub struct Fed {
+    /// A line passed the length limit.
+    pub overlong: bool,
+    /// A WHATSAT waits for Places; no more lines until it is answered.
+    pub paused: bool,
+}
+
+/// Hands the complete lines of connection `id` to the node, appending replies to `out` and
+/// logging both (`c<id> < line`, `c<id> > reply`). An over-long line gets `? ` and its first
+/// [`OVERLONG_ECHO`] bytes; a WHATSAT waiting for Places pauses the framing.
+#[allow(clippy::too_many_arguments)]
+pub fn feed_lines(
+    node: &mut Node,
+    id: u64,
+    reader: &mut LineReader,
+    out: &mut Vec<u8>,
+    max_line: usize,
+    now: Instant,
+    wall: i128,
+    input: Input<'_>,
+) -> Fed {
+    let mut fed = Fed::default();
+    let mut on_frame = |frame: Frame<'_>| {
+        let start = out.len();
+        let mut flow = ControlFlow::Continue(());
+        match frame {
+            Frame::Line(line) => {
+                log::info!("c{id} < {}", line.escape_ascii());
+                if node.handle_line(now, wall, ConnId(id), line, out) == Handled::Pending {
+                    fed.paused = true;
+                    flow = ControlFlow::Break(());
+                }
+            }
+            Frame::Overlong(prefix) => {
+                let echo = &prefix[..prefix.len().min(OVERLONG_ECHO)];
+                log::info!("c{id} < {}... (over {max_line} bytes)", echo.escape_ascii());
+                write_invalid(out, echo);
+                fed.overlong = true;
+            }
+        }
+        if out.len() > start {
+            log::info!("c{id} > {}", out[start..out.len() - 1].escape_ascii());
+        }
+        flow
+    };
+    let _ = match input {
+        Input::Data(data) => reader.feed(data, &mut on_frame),
+        Input::End => reader.finish(&mut on_frame),
+        Input::Resume => reader.resume(&mut on_frame),
+    };
+    fed
+}
+
+/// The wall clock in nanoseconds since the epoch (negative before it).
+pub fn unix_nanos() -> i128 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}

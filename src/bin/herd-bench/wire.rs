@@ -1,5 +1,8 @@
 //! Requests and replies as bytes: writing each request, finding where its reply ends in the
 //! input, and checking the reply against what was sent. Pure functions, no sockets.
+//!
+//! Written apart from the library's `proto` module on purpose: a checker that reused the server's
+//! own formatting and parsing would agree with their bugs.
 
 /// Where every client says it is.
 pub const COORDS: &[u8] = b"+34.068930-118.445127";

@@ -18,10 +18,9 @@ mod places;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -29,10 +28,11 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use super::{Fed, Input, feed_lines, unix_nanos};
 use crate::config::Limits;
-use crate::core::{ConnId, Handled, Node, Output, PeerId};
+use crate::core::{ConnId, Node, Output, PeerId};
 use crate::logging;
-use crate::proto::{Frame, LineReader, OVERLONG_ECHO, write_invalid};
+use crate::proto::LineReader;
 
 pub use places::Settings as PlacesTarget;
 use places::{PLACES_BASE, Upstream};
@@ -510,7 +510,7 @@ impl Reactor {
                 dirty.push(key);
             }
         }
-        let fed = feed_lines(node, c, discard, limits, now, unix_nanos(), Input::Resume);
+        let fed = feed_conn(node, c, discard, limits, now, unix_nanos(), Input::Resume);
         if fed.paused {
             paused.insert(c.id, key);
         } else if c.readable && c.state == State::Open && !c.queued {
@@ -626,7 +626,7 @@ impl Reactor {
                 continue;
             }
             let input = if n == 0 { Input::End } else { Input::Data(&scratch[..n]) };
-            let fed = feed_lines(node, c, discard, limits, now, wall, input);
+            let fed = feed_conn(node, c, discard, limits, now, wall, input);
             if fed.paused {
                 paused.insert(c.id, key);
             }
@@ -825,28 +825,9 @@ impl Reactor {
     }
 }
 
-/// What is handed to a connection's framing.
-enum Input<'a> {
-    /// Bytes just read.
-    Data(&'a [u8]),
-    /// End of stream: a final line without `\n` is still a line.
-    End,
-    /// The lines held back behind a WHATSAT, now that it is answered.
-    Resume,
-}
-
-/// What stopped a connection's lines.
-#[derive(Debug, Default)]
-struct Fed {
-    /// A line passed the length limit.
-    overlong: bool,
-    /// A WHATSAT waits for Places; no more lines until it is answered.
-    paused: bool,
-}
-
-/// Hands a connection's complete lines to the node, appending replies to its output (or to
-/// `discard` for our own outbound links, whose replies go nowhere) and logging both.
-fn feed_lines(
+/// [`feed_lines`] for one connection: replies go to its output, or to `discard` for our own
+/// outbound links, whose replies go nowhere.
+fn feed_conn(
     node: &mut Node,
     c: &mut Conn,
     discard: &mut Vec<u8>,
@@ -855,7 +836,6 @@ fn feed_lines(
     wall: i128,
     input: Input<'_>,
 ) -> Fed {
-    let id = c.id;
     let out = match c.role {
         Role::Inbound => &mut c.out,
         Role::Link(_) => {
@@ -863,36 +843,7 @@ fn feed_lines(
             discard
         }
     };
-    let mut fed = Fed::default();
-    let mut on_frame = |frame: Frame<'_>| {
-        let start = out.len();
-        let mut flow = ControlFlow::Continue(());
-        match frame {
-            Frame::Line(line) => {
-                log::info!("c{id} < {}", line.escape_ascii());
-                if node.handle_line(now, wall, ConnId(id), line, out) == Handled::Pending {
-                    fed.paused = true;
-                    flow = ControlFlow::Break(());
-                }
-            }
-            Frame::Overlong(prefix) => {
-                let echo = &prefix[..prefix.len().min(OVERLONG_ECHO)];
-                log::info!("c{id} < {}... (over {} bytes)", echo.escape_ascii(), limits.max_line);
-                write_invalid(out, echo);
-                fed.overlong = true;
-            }
-        }
-        if out.len() > start {
-            log::info!("c{id} > {}", out[start..out.len() - 1].escape_ascii());
-        }
-        flow
-    };
-    let _ = match input {
-        Input::Data(data) => c.reader.feed(data, &mut on_frame),
-        Input::End => c.reader.finish(&mut on_frame),
-        Input::Resume => c.reader.resume(&mut on_frame),
-    };
-    fed
+    feed_lines(node, c.id, &mut c.reader, out, limits.max_line, now, wall, input)
 }
 
 /// One non-blocking write: `Some(n)` bytes taken, `None` if the socket would block, or why the
@@ -906,13 +857,5 @@ fn write_some(stream: &mut TcpStream, data: &[u8]) -> Result<Option<usize>, Stri
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => Err(format!("write error: {e}")),
         };
-    }
-}
-
-/// The wall clock in nanoseconds since the epoch (negative before it).
-fn unix_nanos() -> i128 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
     }
 }

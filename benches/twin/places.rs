@@ -98,7 +98,7 @@ impl Upstream {
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         while let Some(mut conn) = idle.pop() {
-            match conn.tls.read_from(&mut TryIo(&conn.stream)) {
+            match conn.tls.read_step(&mut TryIo(&conn.stream), &mut Vec::new()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(conn),
                 _ => log::debug!("places p{}: idle connection closed by the server", conn.id),
             }
@@ -174,9 +174,9 @@ async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<(Response, bool), F
                 Err(e) => return Err(fail(format!("write: {e}"), answered)),
             }
         }
-        let eof = match conn.tls.read_from(&mut TryIo(&conn.stream)) {
-            Ok(0) => true,
-            Ok(_) => false,
+        plain.clear();
+        let closed = match conn.tls.read_step(&mut TryIo(&conn.stream), &mut plain) {
+            Ok(closed) => closed,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 conn.stream.readable().await.map_err(|e| fail(e.to_string(), answered))?;
                 continue;
@@ -184,8 +184,6 @@ async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<(Response, bool), F
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(fail(e.to_string(), answered)),
         };
-        plain.clear();
-        let closed = conn.tls.receive(&mut plain).map_err(|e| fail(e, answered))? || eof;
         if !plain.is_empty() {
             answered = true;
             match reader.feed(&plain) {

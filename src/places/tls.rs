@@ -81,19 +81,29 @@ impl TlsSession {
         self.conn.write_tls(socket)
     }
 
-    /// Reads TLS records from `socket` and processes them. `Ok(0)` is end of stream;
-    /// `WouldBlock` passes through; a TLS failure (a bad certificate, say) is `InvalidData`.
-    pub fn read_from(&mut self, socket: &mut impl Read) -> io::Result<usize> {
+    /// Reads one batch of TLS records from `socket`, decrypts them, and appends the plaintext
+    /// they carried to `plain`. Returns true once the stream has ended: the server closed the
+    /// TLS session cleanly (close_notify) or the socket reached end of stream.
+    ///
+    /// Plaintext is taken out after every batch, never left in the session: rustls holds at
+    /// most about 16 KiB of received plaintext and refuses to read more records until it is
+    /// taken ("received plaintext buffer full"), so a caller that read records until
+    /// `WouldBlock` before taking plaintext failed on any answer larger than that arriving in
+    /// one burst. Call this until it returns `WouldBlock` (which passes through) or true,
+    /// handing `plain` on after each call, so the response reader's limits apply as bytes
+    /// arrive. A TLS failure (a bad certificate, say) is `InvalidData`.
+    pub fn read_step(&mut self, socket: &mut impl Read, plain: &mut Vec<u8>) -> io::Result<bool> {
         let n = self.conn.read_tls(socket)?;
         self.conn
             .process_new_packets()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")))?;
-        Ok(n)
+        let closed = self.receive(plain).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(closed || n == 0)
     }
 
     /// Appends the plaintext received so far to `out`. Returns true once the server closed the
     /// TLS session cleanly (close_notify).
-    pub fn receive(&mut self, out: &mut Vec<u8>) -> Result<bool, String> {
+    fn receive(&mut self, out: &mut Vec<u8>) -> Result<bool, String> {
         let mut buf = [0u8; 16 << 10];
         loop {
             match self.conn.reader().read(&mut buf) {

@@ -297,50 +297,48 @@ impl Upstream {
                 Err(e) => return self.fail(registry, key, format!("connect: {e}")),
             }
         }
-        let mut eof = false;
-        if c.readable {
-            loop {
-                match c.tls.read_from(&mut c.stream) {
-                    Ok(0) => {
-                        eof = true;
-                        c.readable = false;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        c.readable = false;
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        // Plaintext is handed to the response reader after every batch of TLS records, so an
+        // answer of any size is read and the reader's limits apply as the bytes arrive.
+        let mut plain = Vec::new();
+        while c.readable {
+            plain.clear();
+            let closed = match c.tls.read_step(&mut c.stream, &mut plain) {
+                Ok(closed) => closed,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fail(registry, key, e.to_string()),
+            };
+            if closed {
+                c.readable = false;
+            }
+            let Some(ex) = c.exchange.as_mut() else {
+                if !plain.is_empty() || closed {
+                    log::debug!("places p{}: idle connection closed by the server", c.id);
+                    self.close(registry, key);
+                    return;
+                }
+                continue;
+            };
+            if !plain.is_empty() {
+                ex.answered = true;
+                match ex.reader.feed(&plain) {
+                    Ok(Progress::Partial) => {}
+                    Ok(Progress::Done(response)) => return self.finish(registry, key, response, closed),
                     Err(e) => return self.fail(registry, key, e.to_string()),
                 }
             }
-        }
-        let mut plain = Vec::new();
-        let closed = match c.tls.receive(&mut plain) {
-            Ok(closed) => closed || eof,
-            Err(e) => return self.fail(registry, key, e),
-        };
-        let Some(ex) = c.exchange.as_mut() else {
-            if !plain.is_empty() || closed {
-                log::debug!("places p{}: idle connection closed by the server", c.id);
-                self.close(registry, key);
+            if closed {
+                return match ex.reader.finish() {
+                    Ok(response) => self.finish(registry, key, response, true),
+                    Err(e) => self.fail(registry, key, e.to_string()),
+                };
             }
+        }
+        if c.exchange.is_none() {
             return;
-        };
-        if !plain.is_empty() {
-            ex.answered = true;
-            match ex.reader.feed(&plain) {
-                Ok(Progress::Partial) => {}
-                Ok(Progress::Done(response)) => return self.finish(registry, key, response, closed),
-                Err(e) => return self.fail(registry, key, e.to_string()),
-            }
-        }
-        if closed {
-            return match ex.reader.finish() {
-                Ok(response) => self.finish(registry, key, response, true),
-                Err(e) => self.fail(registry, key, e.to_string()),
-            };
         }
         while c.writable && c.tls.wants_write() {
             match c.tls.write_to(&mut c.stream) {
@@ -360,6 +358,9 @@ impl Upstream {
         self.done.push((ex.request.id, Ok(response)));
         if reusable && self.idle.len() < MAX_IDLE {
             self.idle.push(key);
+            // Records may wait behind the answer (a close_notify, say): edge-triggered readiness
+            // will not report them again, so read on as an idle connection does.
+            self.drive(registry, key);
         } else {
             self.close(registry, key);
         }

@@ -94,11 +94,17 @@ impl Setup {
         node_config.peer_output_limit = config.limits.peer_output;
         node_config.max_line = config.limits.max_line;
         node_config.seed = seed;
+        let p = &config.places;
         node_config.places = PlacesSettings {
-            api: config.places.api,
-            has_key: config.places.api_key.is_some(),
-            timeout: config.places.timeout,
-            max_in_flight: config.places.max_in_flight,
+            api: p.api,
+            has_key: p.api_key.is_some(),
+            timeout: p.timeout,
+            max_in_flight: p.max_in_flight,
+            max_queued: p.max_queued,
+            cache_ttl: p.cache_ttl,
+            cache_bytes: p.cache_bytes,
+            rate_limit: p.rate_limit,
+            rate_burst: p.rate_burst,
         };
         let endpoint = Endpoint::parse(&config.places.endpoint).map_err(SetupError::Endpoint)?;
         let tls = TlsConfig::new(config.places.ca_file.as_deref()).map_err(SetupError::Tls)?;
@@ -118,7 +124,8 @@ impl Setup {
             ),
             format!(
                 "config: sync_on_connect={} limits={:?} places: api={:?} endpoint={} key={} timeout={:?} \
-                 max_in_flight={}",
+                 max_in_flight={} max_queued={} cache_ttl={:?} cache_bytes={} rate_limit={}/s \
+                 rate_burst={}",
                 config.sync_on_connect,
                 config.limits,
                 config.places.api,
@@ -126,6 +133,11 @@ impl Setup {
                 if config.places.api_key.is_some() { "set" } else { "missing" },
                 config.places.timeout,
                 config.places.max_in_flight,
+                config.places.max_queued,
+                config.places.cache_ttl,
+                config.places.cache_bytes,
+                config.places.rate_limit,
+                config.places.rate_burst,
             ),
         ];
         Ok(Self {

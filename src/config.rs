@@ -62,6 +62,16 @@ pub struct Places {
     pub timeout: Duration,
     /// Most requests in flight at once (identical queries share one).
     pub max_in_flight: usize,
+    /// Most requests waiting for a place in flight, in arrival order.
+    pub max_queued: usize,
+    /// How long an answer is reused for identical requests (zero: no cache).
+    pub cache_ttl: Duration,
+    /// Most bytes the cache holds.
+    pub cache_bytes: usize,
+    /// Upstream requests per second per client connection (zero: no limit).
+    pub rate_limit: f64,
+    /// Upstream requests a connection may make at once before the rate applies.
+    pub rate_burst: u32,
 }
 
 /// Logging settings.
@@ -246,6 +256,11 @@ struct RawPlaces {
     api_key: Option<String>,
     timeout_ms: Option<u64>,
     max_in_flight: Option<usize>,
+    max_queued: Option<usize>,
+    cache_ttl_ms: Option<u64>,
+    cache_bytes: Option<usize>,
+    rate_limit: Option<f64>,
+    rate_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -370,6 +385,17 @@ impl Config {
         if timeout_ms == 0 {
             return Err(ConfigError::BadValue { key: "places.timeout_ms", why: "must be above 0".into() });
         }
+        let rate_limit = p.rate_limit.unwrap_or(2.0);
+        if !(rate_limit.is_finite() && rate_limit >= 0.0) {
+            return Err(ConfigError::BadValue {
+                key: "places.rate_limit",
+                why: "must be a number of requests per second, 0 or above (0: no limit)".into(),
+            });
+        }
+        let rate_burst = p.rate_burst.unwrap_or(20);
+        if rate_burst == 0 {
+            return Err(ConfigError::BadValue { key: "places.rate_burst", why: "must be above 0".into() });
+        }
         let api_key = env_key.or(p.api_key).or(raw.api_key).filter(|k| !k.trim().is_empty()).map(Secret);
         let places = Places {
             api,
@@ -378,6 +404,11 @@ impl Config {
             api_key,
             timeout: Duration::from_millis(timeout_ms),
             max_in_flight,
+            max_queued: p.max_queued.unwrap_or(64),
+            cache_ttl: Duration::from_millis(p.cache_ttl_ms.unwrap_or(60_000)),
+            cache_bytes: p.cache_bytes.unwrap_or(16 << 20),
+            rate_limit,
+            rate_burst,
         };
 
         let level = match raw.logging.level.as_deref().map(str::to_ascii_lowercase).as_deref() {

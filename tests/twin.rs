@@ -380,12 +380,7 @@ mod whatsat {
         let stub = Stub::start(&["--delay-ms", "300"]);
         let limits = Limits::default();
         let mut config = NodeConfig::new("Hill", vec![]);
-        config.places = PlacesSettings {
-            api: PlacesApi::New,
-            has_key: true,
-            timeout: Duration::from_secs(5),
-            max_in_flight: 64,
-        };
+        config.places = PlacesSettings::new(PlacesApi::New, true);
         let places = PlacesTarget {
             api: PlacesApi::New,
             endpoint: Endpoint::parse(&format!("https://127.0.0.1:{}", stub.port())).expect("endpoint"),

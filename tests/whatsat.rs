@@ -42,7 +42,8 @@ fn report(c: &mut Client, server: &str, client: &str) -> Vec<u8> {
 
 /// Reads one whole WHATSAT reply: the AT line, then JSON lines up to the empty line that ends
 /// the reply. The JSON holds no empty line (runs of newlines are collapsed), so this is exactly
-/// the reply; a JSON cut short by an early empty line fails to parse in [`check_reply`].
+/// the reply; a JSON cut short by an early empty line fails to parse in [`check_reply`]. A `? `
+/// line instead of the AT line fails at once rather than at the deadline.
 fn read_reply(c: &mut Client, timeout: Duration) -> Vec<u8> {
     let deadline = Instant::now() + timeout;
     let mut reply = Vec::new();
@@ -53,6 +54,7 @@ fn read_reply(c: &mut Client, timeout: Duration) -> Vec<u8> {
             Ok(None) => panic!("end of stream inside a WHATSAT reply: {}", show(&reply)),
             Err(e) => panic!("no whole WHATSAT reply within {timeout:?}: {e}; so far: {}", show(&reply)),
         };
+        assert!(!(reply.is_empty() && line.starts_with(b"? ")), "the WHATSAT failed: {}", show(&line));
         let end = line == b"\n" && !reply.is_empty();
         reply.extend_from_slice(&line);
         if end {
@@ -65,6 +67,12 @@ fn read_reply(c: &mut Client, timeout: Duration) -> Vec<u8> {
 /// with no run of newlines, status OK, exactly `bound` results (the stub always has enough)
 /// each within `radius_km` of the client, and the end `}\n\n`. Returns the JSON.
 fn check_reply(reply: &[u8], at_line: &[u8], radius_km: f64, bound: usize) -> Value {
+    check_reply_keys(reply, at_line, radius_km, bound, &[])
+}
+
+/// [`check_reply`], allowing the result keys `extra` besides [`LEGACY_RESULT_KEYS`] (a legacy
+/// answer reaches the client with every field Google sent), all in Google's alphabetical order.
+fn check_reply_keys(reply: &[u8], at_line: &[u8], radius_km: f64, bound: usize, extra: &[&str]) -> Value {
     assert!(
         reply.starts_with(at_line),
         "the reply must start with the stored AT line {}; got {}",
@@ -84,7 +92,9 @@ fn check_reply(reply: &[u8], at_line: &[u8], radius_km: f64, bound: usize) -> Va
     assert_eq!(results.len(), bound, "the stub has more than enough places: the reply holds `bound`");
     for r in results {
         let keys: Vec<&str> = r.as_object().expect("result object").keys().map(String::as_str).collect();
-        assert_eq!(keys, LEGACY_RESULT_KEYS, "legacy keys in Google's order: {r}");
+        let known: Vec<&str> = keys.iter().copied().filter(|k| !extra.contains(k)).collect();
+        assert_eq!(known, LEGACY_RESULT_KEYS, "legacy keys in Google's order: {r}");
+        assert!(keys.is_sorted(), "legacy keys in Google's order: {keys:?}");
         let loc = &r["geometry"]["location"];
         let d = distance_m(LAT, LNG, loc["lat"].as_f64().expect("lat"), loc["lng"].as_f64().expect("lng"));
         assert!(d <= radius_km * 1000.0, "{d:.0} m from the client, radius {radius_km} km: {r}");
@@ -370,4 +380,124 @@ fn client_hanging_up_mid_whatsat_leaves_the_herd_serving() {
         wait_until(Duration::from_secs(2), || herd.log_count("Hill", &closed) == 1),
         "Hill never closed the leaver's connection ({closed:?})"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers of every size, however their TLS records arrive (issue 9)
+// ---------------------------------------------------------------------------------------------
+
+/// The answer sizes in KiB, each with the bound asked. `places-stub --size-by-radius` pads the
+/// answer to a radius of R metres to R KiB, so the WHATSAT radius R/1000 km picks the size:
+/// 1 KiB, 20 KiB, 64 KiB (cut by the herd to 5 results), 300 KiB, 1.9 MiB.
+const SIZES_KIB: &[(u32, usize)] = &[(1, 1), (20, 20), (64, 5), (300, 20), (1946, 20)];
+/// Just over the herd's `MAX_BODY` (2 MiB, src/places/response.rs).
+const OVER_KIB: u32 = 2100;
+/// What the herd logs for it.
+const OVER_CAUSE: &[u8] = b"response body longer than 2097152 bytes";
+/// A small answer asked after the one over the limit: the herd still serves.
+const AFTER: (u32, usize) = (2, 3);
+/// Deadline of the herd's Places requests and of each reply here: far above what a 1.9 MiB
+/// answer takes in a debug build on two busy cores (under 2.5 s trickled, under 1 s in a burst).
+const BIG: Duration = Duration::from_secs(30);
+/// `--trickle` pieces: a TLS record each, about 2,000 of them for 1.9 MiB.
+const TRICKLE: &[&str] = &["--trickle", "1000", "--trickle-pause-us", "200"];
+
+/// The WHATSAT radius in km that asks `places-stub --size-by-radius` for `kib` KiB.
+fn radius_for(kib: u32) -> String {
+    format!("{}.{:03}", kib / 1000, kib % 1000)
+}
+
+/// Every size of [`SIZES_KIB`], then one over the limit, then a small one, through a herd of
+/// one server asking `stub` with the API `api`: each reply checked in shape, the one over the
+/// limit answered `?` with the limit in the log.
+fn sizes_through(stub: &Stub, api: &str) {
+    let client = format!("sized-{api}");
+    let mut herd = Herd::new(ALONE, &stub.herd_yaml(api, BIG.as_millis() as u64));
+    herd.start("Hill");
+    let mut c = herd.connect("Hill");
+    let at = report(&mut c, "Hill", &client);
+    // Legacy results come through with every field Google sent; New ones as converted.
+    let extra: &[&str] = if api == "legacy" { &["photos"] } else { &[] };
+    let ask = |c: &mut Client, kib: u32, bound: usize| {
+        let t = Instant::now();
+        c.send(format!("WHATSAT {client} {} {bound}\n", radius_for(kib)));
+        let reply = read_reply(c, BIG);
+        check_reply_keys(&reply, &at, f64::from(kib) / 1000.0, bound, extra);
+        eprintln!("{api}, {kib} KiB: a {} byte reply in {:?}", reply.len(), t.elapsed());
+        if bound == 20 {
+            // The padding reached the client: the answer was read whole, not cut short.
+            let json = reply.len() - at.len();
+            assert!(json >= kib as usize * 1024 * 9 / 10, "{api}, {kib} KiB: only {json} bytes of JSON");
+        }
+    };
+    for &(kib, bound) in SIZES_KIB {
+        ask(&mut c, kib, bound);
+    }
+
+    let line = format!("WHATSAT {client} {} 20", radius_for(OVER_KIB));
+    let t = Instant::now();
+    c.send(format!("{line}\n"));
+    let reply = c.read_line_within(BIG);
+    assert_eq!(show(&reply), show(format!("? {line}\n").as_bytes()), "{api}: over MAX_BODY");
+    eprintln!("{api}, {OVER_KIB} KiB: `?` in {:?}", t.elapsed());
+    assert!(
+        wait_until(Duration::from_secs(2), || herd.log_contains("Hill", OVER_CAUSE)),
+        "{api}: the log does not name the limit"
+    );
+    ask(&mut c, AFTER.0, AFTER.1);
+    assert!(herd.try_status("Hill").is_none(), "Hill exited");
+}
+
+/// [`sizes_through`] for both APIs at once, one herd each, through one `places-stub
+/// --size-by-radius` started with `flags`; then checks what the stub answered: every size
+/// once per API, each exactly as large as asked, on one TLS connection per herd until the
+/// answer over the limit made the herd drop it.
+fn every_size(flags: &[&str]) {
+    let t = Instant::now();
+    let stub = Stub::start(&[&["--size-by-radius"], flags].concat());
+    std::thread::scope(|s| {
+        for api in ["new", "legacy"] {
+            let stub = &stub;
+            s.spawn(move || sizes_through(stub, api));
+        }
+    });
+    let mut sent: Vec<usize> = stub
+        .lines_starting("answer ")
+        .iter()
+        .map(|l| match l.split(' ').collect::<Vec<_>>()[..] {
+            [_, _, "200", bytes, "bytes"] => bytes.parse().expect("bytes"),
+            _ => panic!("unexpected {l:?}"),
+        })
+        .collect();
+    sent.sort_unstable();
+    let mut want: Vec<usize> = SIZES_KIB
+        .iter()
+        .map(|&(kib, _)| kib)
+        .chain([OVER_KIB, AFTER.0])
+        .flat_map(|kib| [kib as usize * 1024; 2])
+        .collect();
+    want.sort_unstable();
+    assert_eq!(sent, want, "{}", stub.stdout());
+    assert_eq!(stub.handshakes(), 4, "two TLS connections per herd:\n{}", stub.stdout());
+    eprintln!("{flags:?}: {:?}", t.elapsed());
+}
+
+#[test]
+fn answers_of_every_size_with_content_length_in_one_burst() {
+    every_size(&["--burst"]);
+}
+
+#[test]
+fn answers_of_every_size_with_content_length_trickled() {
+    every_size(TRICKLE);
+}
+
+#[test]
+fn answers_of_every_size_chunked_in_one_burst() {
+    every_size(&["--chunked", "--burst"]);
+}
+
+#[test]
+fn answers_of_every_size_chunked_and_trickled() {
+    every_size(&[&["--chunked"], TRICKLE].concat());
 }

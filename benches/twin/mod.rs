@@ -640,6 +640,13 @@ impl Inbound {
             let fed = self.feed(shared, now, input);
             drop(scratch);
             self.enforce_output_limit(wr, limits.client_output)?;
+            if fed.full {
+                // The lines left are handed on after a yield (see `run`).
+                if n == 0 {
+                    self.set_state(State::Draining);
+                }
+                return Ok(true);
+            }
             if fed.overlong {
                 self.set_state(State::Lingering { until: now + LINGER, shut: false });
                 continue;
@@ -673,6 +680,21 @@ impl Inbound {
     ) -> String {
         let (rd, mut wr) = stream.split();
         loop {
+            if self.answer.is_none() && self.reader.is_paused() {
+                // Held back by a full feed, not by a WHATSAT: hand on the rest, then let others run.
+                let now = Instant::now();
+                let fed = self.feed(shared, now, Input::Resume);
+                if fed.overlong {
+                    self.set_state(State::Lingering { until: now + LINGER, shut: false });
+                }
+                drive(shared);
+                if let Err(reason) =
+                    self.enforce_output_limit(&wr, shared.limits.client_output).and_then(|()| self.flush(&wr))
+                {
+                    return reason;
+                }
+                tokio::task::yield_now().await;
+            }
             if self.state == State::Open
                 && let Some(by) = shared.shutdown_by.get()
             {
@@ -969,7 +991,7 @@ async fn ask_places(shared: Rc<Shared>, id: QueryId, query: Query) {
     {
         let mut core = shared.core.borrow_mut();
         core.queries.remove(&id);
-        core.node.handle_places_response(id, result);
+        core.node.handle_places_response(Instant::now(), id, result);
     }
     drive(&shared);
 }

@@ -14,6 +14,27 @@
 //! within 0.9 of the radius from the centre. Flags make it misbehave on purpose (delay, error
 //! status, non-JSON body, chunked bodies, closing, a body cut short).
 //!
+//! Answers of a chosen size and delivery, for testing how a client reads large answers however
+//! their TLS records arrive:
+//!
+//! - `--pad-to SIZE` makes every successful answer's body about SIZE bytes (`20480`, `20K`,
+//!   `1.9M`; K and M are KiB and MiB); `--size-by-radius` chooses the size per request instead:
+//!   a query with a radius of R metres gets a body of about round(R) KiB, so one stub serves
+//!   every size (radius 20 m: 20 KiB; 1946 m: 1.9 MiB; 2100 m: over a 2 MiB limit). The padding
+//!   stays valid JSON in Google's shape: legacy results gain `photos` entries (height,
+//!   `html_attributions`, `photo_reference`, width) and a longer `vicinity`; New API places gain
+//!   extra `types` and a longer `shortFormattedAddress`, which survive the herd's field mask (a
+//!   mask without them leaves the answer unpadded). A target below the bare answer gets fewer
+//!   results, down to one. The body is exact to the byte unless even one bare result exceeds
+//!   it. Padded legacy answers carry runs of newlines (a blank line between results, a second
+//!   trailing newline), as Google's legacy answers were reported to, which a WHATSAT reply must
+//!   collapse (the fixture we hold from Google has none, so the default layout stays without).
+//!   The stub prints `answer N STATUS BYTES bytes` after each `request N` line in these modes.
+//! - `--burst` writes each whole response (head and body, chunked or not) in one write, so its
+//!   TLS records arrive together; `--trickle K` writes it in pieces of K bytes, each flushed as
+//!   its own TLS record(s), with `--trickle-pause-us` (default 1000) between them. Without
+//!   either, a plain response is one write and a chunked one is flushed chunk by chunk.
+//!
 //! This is test infrastructure, not the product: one thread per connection, blocking sockets.
 //! stdout carries one flushed line per event (`handshake N from ADDR`, `request N METHOD PATH ->
 //! STATUS`) for tests to read; the key and the `key=` parameter are never printed.
@@ -52,6 +73,11 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection is drained before the socket is dropped.
 const LINGER: Duration = Duration::from_millis(500);
+/// Largest padded body (`--pad-to`; `--size-by-radius` stays under it, at most 50,000 KiB): the
+/// answer is built in memory, several times over.
+const MAX_PAD: usize = 64 << 20;
+/// The pause between `--trickle` pieces unless `--trickle-pause-us` says otherwise.
+const TRICKLE_PAUSE: Duration = Duration::from_millis(1);
 
 /// Google's largest Nearby Search radius, in metres.
 const MAX_RADIUS_M: f64 = 50_000.0;
@@ -90,6 +116,7 @@ Search), answering with synthetic places around the requested point. For tests a
 Usage:
   places-stub [--listen ADDR] [--cert-out PATH] [--key KEY] [--delay-ms N] [--status CODE]
               [--garbage] [--chunked] [--close] [--reset-mid-body] [--port-file PATH]
+              [--pad-to SIZE | --size-by-radius] [--burst | --trickle K [--trickle-pause-us N]]
 
 Options:
   --listen ADDR       address to listen on (default 127.0.0.1:0, a free port)
@@ -104,11 +131,25 @@ Options:
   --close             send Connection: close and close after each response
   --reset-mid-body    send the head and half the body, then close without TLS close_notify
   --port-file PATH    also write the port number to PATH (atomically, by rename)
+  --pad-to SIZE       pad the body of every successful answer to about SIZE bytes (20480, 20K,
+                      1.9M; K = KiB, M = MiB; at most 64M), in Google's shape: legacy results get
+                      `photos` entries and a longer `vicinity`, New API places extra `types` and
+                      a longer `shortFormattedAddress`; a smaller SIZE gets fewer results (at
+                      least one). Padded legacy answers have a blank line between results and
+                      trailing newlines, for the client to collapse
+  --size-by-radius    like --pad-to, with the size chosen per request: a radius of R metres gets
+                      about round(R) KiB (1 m: 1 KiB, 1946 m: 1.9 MiB, 2100 m: 2.05 MiB)
+  --burst             write each whole response (head and body) in one write: its TLS records
+                      arrive together
+  --trickle K         write each response in pieces of K bytes, each flushed as its own TLS
+                      record (several when K > 16384), pausing between pieces
+  --trickle-pause-us N  the pause between --trickle pieces, in microseconds (default 1000)
   -h, --help          show this help
   -V, --version       show the version
 
 stdout: `places-stub listening on https://ADDR` once ready, then one line per TLS handshake
-(`handshake N from ADDR`) and per request (`request N METHOD PATH -> STATUS`, without the key).
+(`handshake N from ADDR`) and per request (`request N METHOD PATH -> STATUS`, without the key);
+with --pad-to or --size-by-radius also `answer N STATUS BYTES bytes` (the body's length).
 ";
 
 // ---------------------------------------------------------------------------------------------
@@ -128,6 +169,42 @@ struct Options {
     close: bool,
     reset_mid_body: bool,
     port_file: Option<PathBuf>,
+    size: Size,
+    delivery: Delivery,
+}
+
+/// How large a successful answer's body is made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Size {
+    /// As the places make it (the default).
+    Natural,
+    /// About this many bytes (`--pad-to`).
+    Fixed(usize),
+    /// About round(radius in metres) KiB (`--size-by-radius`).
+    ByRadius,
+}
+
+impl Size {
+    /// The body size to aim at for a query of `radius_m`, if any.
+    fn target(self, radius_m: f64) -> Option<usize> {
+        match self {
+            Self::Natural => None,
+            Self::Fixed(n) => Some(n),
+            // The radius is at most 50,000 m: at most 50,000 KiB.
+            Self::ByRadius => Some(radius_m.round() as usize * 1024),
+        }
+    }
+}
+
+/// How a response goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Delivery {
+    /// A plain response in one write; a chunked one flushed chunk by chunk.
+    Default,
+    /// The whole response in one write and one flush (`--burst`).
+    Burst,
+    /// Pieces of `piece` bytes, each flushed, `pause` between them (`--trickle`).
+    Trickle { piece: usize, pause: Duration },
 }
 
 impl Default for Options {
@@ -143,6 +220,8 @@ impl Default for Options {
             close: false,
             reset_mid_body: false,
             port_file: None,
+            size: Size::Natural,
+            delivery: Delivery::Default,
         }
     }
 }
@@ -156,6 +235,7 @@ enum Command {
 fn parse_args(mut p: lexopt::Parser) -> Result<Command, String> {
     use lexopt::prelude::*;
     let mut o = Options::default();
+    let (mut burst, mut trickle, mut pause) = (false, None, None);
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
             Long("listen") => o.listen = string(&mut p)?,
@@ -187,12 +267,78 @@ fn parse_args(mut p: lexopt::Parser) -> Result<Command, String> {
             Long("close") => o.close = true,
             Long("reset-mid-body") => o.reset_mid_body = true,
             Long("port-file") => o.port_file = Some(p.value().map_err(|e| e.to_string())?.into()),
+            Long("pad-to") => {
+                let size = parse_size(&string(&mut p)?).map_err(|e| format!("--pad-to: {e}"))?;
+                if o.size == Size::ByRadius {
+                    return Err("give either --pad-to or --size-by-radius, not both".into());
+                }
+                o.size = Size::Fixed(size);
+            }
+            Long("size-by-radius") => {
+                if matches!(o.size, Size::Fixed(_)) {
+                    return Err("give either --pad-to or --size-by-radius, not both".into());
+                }
+                o.size = Size::ByRadius;
+            }
+            Long("burst") => burst = true,
+            Long("trickle") => {
+                let piece: usize =
+                    p.value().map_err(|e| e.to_string())?.parse().map_err(|e| format!("--trickle: {e}"))?;
+                if piece == 0 {
+                    return Err("--trickle: give a piece size of at least 1 byte".into());
+                }
+                trickle = Some(piece);
+            }
+            Long("trickle-pause-us") => {
+                let us: u64 = p
+                    .value()
+                    .map_err(|e| e.to_string())?
+                    .parse()
+                    .map_err(|e| format!("--trickle-pause-us: {e}"))?;
+                pause = Some(Duration::from_micros(us));
+            }
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(arg.unexpected().to_string()),
         }
     }
+    o.delivery = match (burst, trickle) {
+        (true, Some(_)) => return Err("give either --burst or --trickle, not both".into()),
+        (true, None) => Delivery::Burst,
+        (false, Some(piece)) => Delivery::Trickle { piece, pause: pause.unwrap_or(TRICKLE_PAUSE) },
+        (false, None) => Delivery::Default,
+    };
+    if pause.is_some() && trickle.is_none() {
+        return Err("--trickle-pause-us needs --trickle".into());
+    }
     Ok(Command::Run(o))
+}
+
+/// A size in bytes: a number, optionally with a fraction and a suffix K/KiB or M/MiB (any case;
+/// binary units), at most [`MAX_PAD`].
+fn parse_size(text: &str) -> Result<usize, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let (number, unit) = match lower.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => lower.split_at(i),
+        None => (lower.as_str(), ""),
+    };
+    let scale = match unit {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        _ => return Err(format!("{text:?}: the unit must be K (KiB) or M (MiB)")),
+    };
+    let n: f64 = number
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)
+        .ok_or_else(|| format!("{text:?} is not a size"))?;
+    let bytes = (n * scale).round();
+    if bytes > MAX_PAD as f64 {
+        return Err(format!("{text:?} is over the largest, {MAX_PAD} bytes"));
+    }
+    Ok(bytes as usize)
 }
 
 fn string(p: &mut lexopt::Parser) -> Result<String, String> {
@@ -294,6 +440,57 @@ impl Place {
             "vicinity": self.street(),
         })
     }
+
+    /// [`Self::new_json`] padded: `extra` more `types`, each as long as the others, and `tune`
+    /// more bytes of `shortFormattedAddress`.
+    fn padded_new_json(&self, extra: usize, tune: usize) -> Value {
+        let mut v = self.new_json();
+        if let Some(Value::Array(types)) = v.get_mut("types") {
+            types.extend((1..=extra).map(|j| Value::String(format!("synthetic_type_{j:07}"))));
+        }
+        if let Some(Value::String(address)) = v.get_mut("shortFormattedAddress") {
+            address.push_str(&filler(tune));
+        }
+        v
+    }
+
+    /// [`Self::legacy_json`] padded: `photos` entries in Google's shape (none when `photos` is
+    /// 0), each as long as the others, and `tune` more bytes of `vicinity`.
+    fn padded_legacy_json(&self, photos: usize, tune: usize) -> Value {
+        let mut v = self.legacy_json();
+        if let Value::Object(o) = &mut v {
+            if photos > 0 {
+                o.insert("photos".into(), Value::Array((1..=photos).map(|j| self.photo(j)).collect()));
+                // Keep Google's (alphabetical) key order.
+                o.sort_keys();
+            }
+            if let Some(Value::String(vicinity)) = o.get_mut("vicinity") {
+                vicinity.push_str(&filler(tune));
+            }
+        }
+        v
+    }
+
+    /// Photo `j` of this place, in the legacy shape: every photo serialises to the same length
+    /// (fixed-width numbers, a 400-character reference like Google's).
+    fn photo(&self, j: usize) -> Value {
+        let r = mix(mix(self.lat.to_bits() ^ self.lng.to_bits().rotate_left(17)) ^ j as u64);
+        let reference: String = (0..25u64).map(|i| format!("{:016x}", mix(r ^ i))).collect();
+        json!({
+            "height": 3024,
+            // A u64 has at most 20 digits: `{r:020}` is always 20 wide.
+            "html_attributions": [format!(
+                "<a href=\"https://maps.google.com/maps/contrib/1{r:020}\">Synthetic Contributor {j:07}</a>"
+            )],
+            "photo_reference": reference,
+            "width": 4032,
+        })
+    }
+}
+
+/// `len` bytes of printable ASCII that JSON needs no escape for, to lengthen an address.
+fn filler(len: usize) -> String {
+    ", Synthetic Arcade".chars().cycle().take(len).collect()
 }
 
 /// SplitMix64: a small, well-mixed hash step.
@@ -738,7 +935,7 @@ fn respond(req: &Request, o: &Options) -> Reply {
         Some(code) => {
             google_error(code, &format!("places-stub answers every request with HTTP {code} (--status)."))
         }
-        None => route(req, &o.key),
+        None => route(req, &o.key, o.size),
     };
     if o.garbage {
         reply.body =
@@ -750,20 +947,20 @@ fn respond(req: &Request, o: &Options) -> Reply {
     reply
 }
 
-/// The answer of a well-behaved Places to `req`.
-fn route(req: &Request, key: &str) -> Reply {
+/// The answer of a well-behaved Places to `req`, successful answers made `size`.
+fn route(req: &Request, key: &str, size: Size) -> Reply {
     let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
     let params = query_params(query);
     if path.ends_with(NEW_PATH) && req.method == "POST" {
-        new_api(req, &params, key)
+        new_api(req, &params, key, size)
     } else if path.ends_with(LEGACY_PATH) && req.method == "GET" {
-        legacy_api(&params, key)
+        legacy_api(&params, key, size)
     } else {
         not_found(path)
     }
 }
 
-fn new_api(req: &Request, params: &[(String, String)], key: &str) -> Reply {
+fn new_api(req: &Request, params: &[(String, String)], key: &str, size: Size) -> Reply {
     // Google takes the key from the header or, failing that, from `?key=`.
     let given = req.api_key.as_deref().or_else(|| param(params, "key").map(str::as_bytes));
     if given != Some(key.as_bytes()) {
@@ -793,6 +990,9 @@ fn new_api(req: &Request, params: &[(String, String)], key: &str) -> Reply {
         Ok(q) => q,
         Err(message) => return google_error(400, &message),
     };
+    if let Some(target) = size.target(q.radius_m) {
+        return Reply { status: 200, body: padded_new(&q, &mask, target) };
+    }
     let places: Vec<Value> = synthetic_places(q.lat, q.lng, q.radius_m, q.count)
         .iter()
         .map(|p| mask.apply(&p.new_json()))
@@ -800,7 +1000,7 @@ fn new_api(req: &Request, params: &[(String, String)], key: &str) -> Reply {
     Reply { status: 200, body: pretty_new(&json!({ "places": places })) }
 }
 
-fn legacy_api(params: &[(String, String)], key: &str) -> Reply {
+fn legacy_api(params: &[(String, String)], key: &str, size: Size) -> Reply {
     if param(params, "key") != Some(key) {
         return legacy_status("REQUEST_DENIED", "The provided API key is invalid.");
     }
@@ -808,12 +1008,87 @@ fn legacy_api(params: &[(String, String)], key: &str) -> Reply {
         Ok(q) => q,
         Err(message) => return legacy_status("INVALID_REQUEST", &message),
     };
+    if let Some(target) = size.target(q.radius_m) {
+        return Reply { status: 200, body: padded_legacy(&q, target) };
+    }
     let results: Vec<Value> =
         synthetic_places(q.lat, q.lng, q.radius_m, q.count).iter().map(Place::legacy_json).collect();
     Reply {
         status: 200,
         body: pretty_legacy(&json!({ "html_attributions": [], "results": results, "status": "OK" })),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Padded answers (--pad-to, --size-by-radius)
+// ---------------------------------------------------------------------------------------------
+
+/// The body `render(n, extra, tune)` closest to `target` bytes from above, exactly `target` when
+/// it can be: `n` results (`count`, or fewer, down to one, while even the bare answer is too
+/// large), `extra` padding items in each result, `tune` more bytes of one string.
+///
+/// `render` must grow by the same number of bytes for every item after the first (the first
+/// may cost more: it may bring its key) and by exactly one byte per `tune`, or not at all when
+/// a field mask leaves the padded fields out. Only the final body is rendered at full size.
+fn fit(target: usize, count: usize, render: impl Fn(usize, usize, usize) -> Vec<u8>) -> Vec<u8> {
+    let mut n = count.max(1);
+    let mut bare = render(n, 0, 0);
+    while bare.len() > target && n > 1 {
+        n -= 1;
+        bare = render(n, 0, 0);
+    }
+    if bare.len() >= target {
+        return bare;
+    }
+    let one = render(n, 1, 0).len();
+    let step = if one > target { 0 } else { render(n, 2, 0).len().saturating_sub(one) };
+    // No step: the mask leaves the padded items out (or the first is already too large).
+    let (extra, before) = match target.saturating_sub(one).checked_div(step) {
+        Some(more) => (1 + more, one + more * step),
+        None => (0, bare.len()),
+    };
+    render(n, extra, target - before)
+}
+
+/// A New API answer to `q` of about `target` bytes, cut to `mask`: extra `types` in every place
+/// and the rest in the last place's `shortFormattedAddress`.
+fn padded_new(q: &Nearby, mask: &Mask, target: usize) -> Vec<u8> {
+    fit(target, q.count, |n, extra, tune| {
+        let places: Vec<Value> = synthetic_places(q.lat, q.lng, q.radius_m, n)
+            .iter()
+            .map(|p| mask.apply(&p.padded_new_json(extra, if p.index == n { tune } else { 0 })))
+            .collect();
+        pretty_new(&json!({ "places": places }))
+    })
+}
+
+/// A legacy answer to `q` of about `target` bytes: `photos` in every result and the rest in the
+/// last result's `vicinity`, laid out by [`spaced_legacy`].
+fn padded_legacy(q: &Nearby, target: usize) -> Vec<u8> {
+    fit(target, q.count, |n, extra, tune| {
+        let results: Vec<Value> = synthetic_places(q.lat, q.lng, q.radius_m, n)
+            .iter()
+            .map(|p| p.padded_legacy_json(extra, if p.index == n { tune } else { 0 }))
+            .collect();
+        spaced_legacy(&json!({ "html_attributions": [], "results": results, "status": "OK" }))
+    })
+}
+
+/// [`pretty_legacy`] with a blank line after each result but the last and a second newline at
+/// the end: runs of newlines as Google's legacy answers were reported to carry, which a WHATSAT
+/// reply must collapse.
+fn spaced_legacy(v: &Value) -> Vec<u8> {
+    let plain = pretty_legacy(v);
+    let mut out = Vec::with_capacity(plain.len() + 64);
+    for line in plain.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(line);
+        // Results are the only objects two levels in (six spaces).
+        if line == b"      },\n" {
+            out.push(b'\n');
+        }
+    }
+    out.push(b'\n');
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1042,6 +1317,10 @@ fn serve(sock: TcpStream, peer: SocketAddr, shared: &Shared) {
     say(&format!("handshake {n} from {peer}"));
     let _ = tls.sock.set_read_timeout(Some(IDLE_TIMEOUT));
     let o = &shared.options;
+    if o.delivery == Delivery::Burst {
+        // No cap on what rustls queues, so one write becomes one run of records on the socket.
+        tls.conn.set_buffer_limit(None);
+    }
     let mut buf = Vec::new();
     loop {
         let (reply, close) = match read_request(&mut tls, &mut buf) {
@@ -1053,7 +1332,10 @@ fn serve(sock: TcpStream, peer: SocketAddr, shared: &Shared) {
             }
             Incoming::Request(req, keep_alive) => {
                 let reply = respond(&req, o);
-                log_request(shared, &req.method, &req.target, reply.status);
+                let n = log_request(shared, &req.method, &req.target, reply.status);
+                if o.size != Size::Natural {
+                    say(&format!("answer {n} {} {} bytes", reply.status, reply.body.len()));
+                }
                 if !o.delay.is_zero() {
                     thread::sleep(o.delay);
                 }
@@ -1069,7 +1351,7 @@ fn serve(sock: TcpStream, peer: SocketAddr, shared: &Shared) {
             let _ = tls.sock.shutdown(Shutdown::Both);
             return;
         }
-        if write_reply(&mut tls, &reply, o.chunked, close).is_err() {
+        if write_reply(&mut tls, &reply, o.chunked, close, o.delivery).is_err() {
             return;
         }
         if close {
@@ -1078,28 +1360,60 @@ fn serve(sock: TcpStream, peer: SocketAddr, shared: &Shared) {
     }
 }
 
-fn log_request(shared: &Shared, method: &str, target: &str, status: u16) {
+/// Prints the `request N` line; returns N.
+fn log_request(shared: &Shared, method: &str, target: &str, status: u16) -> u64 {
     let n = shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
     say(&format!("request {n} {} {} -> {status}", printable(method), printable_target(target)));
+    n
 }
 
-fn write_reply(tls: &mut Tls, reply: &Reply, chunked: bool, close: bool) -> io::Result<()> {
+/// Sends `reply` as `delivery` says.
+fn write_reply(
+    tls: &mut Tls,
+    reply: &Reply,
+    chunked: bool,
+    close: bool,
+    delivery: Delivery,
+) -> io::Result<()> {
     let head = response_head(reply.status, reply.body.len(), chunked, close);
-    if chunked {
-        tls.write_all(&head)?;
-        tls.flush()?;
-        // One flush per chunk, so the chunks travel in separate TLS records.
-        for chunk in chunk_body(&reply.body) {
-            tls.write_all(&chunk)?;
+    match delivery {
+        Delivery::Default if chunked => {
+            tls.write_all(&head)?;
             tls.flush()?;
+            // One flush per chunk, so the chunks travel in separate TLS records.
+            for chunk in chunk_body(&reply.body) {
+                tls.write_all(&chunk)?;
+                tls.flush()?;
+            }
+            Ok(())
         }
-    } else {
-        let mut wire = head;
-        wire.extend_from_slice(&reply.body);
-        tls.write_all(&wire)?;
-        tls.flush()?;
+        Delivery::Default | Delivery::Burst => {
+            tls.write_all(&whole_response(head, &reply.body, chunked))?;
+            tls.flush()
+        }
+        Delivery::Trickle { piece, pause } => {
+            for (i, part) in whole_response(head, &reply.body, chunked).chunks(piece).enumerate() {
+                if i > 0 {
+                    thread::sleep(pause);
+                }
+                // rustls makes a record of what is written before each flush (several records
+                // when a piece is over its 16 KiB fragment size).
+                tls.write_all(part)?;
+                tls.flush()?;
+            }
+            Ok(())
+        }
     }
-    Ok(())
+}
+
+/// The head followed by the body, framed (chunked as [`chunk_body`] cuts it, or as it is).
+fn whole_response(mut head: Vec<u8>, body: &[u8], chunked: bool) -> Vec<u8> {
+    if chunked {
+        head.extend(chunk_body(body).concat());
+    } else {
+        head.extend_from_slice(body);
+    }
+    head
 }
 
 /// Sends close_notify, shuts the write side and drains what the peer still sends for a moment,
@@ -1596,6 +1910,213 @@ mod tests {
         assert_eq!((r.status, json_of(&r)["status"].as_str()), (200, Some("INVALID_REQUEST")));
     }
 
+    // --- padded answers -------------------------------------------------------------------
+
+    const KIB: usize = 1024;
+    /// The sizes the WHATSAT tests use: 1 KiB, 20 KiB, 64 KiB, 300 KiB, 1.9 MiB.
+    const SIZES: [usize; 5] = [KIB, 20 * KIB, 64 * KIB, 300 * KIB, 1946 * KIB];
+
+    fn sized(size: Size) -> Options {
+        Options { size, ..opts() }
+    }
+
+    fn new_body(radius_m: f64, count: usize) -> String {
+        format!(
+            r#"{{"locationRestriction":{{"circle":{{"center":{{"latitude":34.06893,"longitude":-118.445127}},"radius":{radius_m:.1}}}}},"maxResultCount":{count}}}"#
+        )
+    }
+
+    fn legacy_query(radius_m: f64) -> String {
+        format!("location=34.06893,-118.445127&radius={radius_m}&key=right-key")
+    }
+
+    /// Checks a padded legacy body: Google's layout (three-space indent, `" : "`, a blank line
+    /// between results, trailing newlines), keys and order, the photos' shape. Returns the JSON.
+    fn check_padded_legacy(body: &[u8]) -> Value {
+        let text = std::str::from_utf8(body).unwrap();
+        assert!(
+            text.starts_with("{\n   \"html_attributions\" : [],\n   \"results\" : [\n      {\n"),
+            "{text:.200}"
+        );
+        assert!(
+            text.ends_with("\n   \"status\" : \"OK\"\n}\n\n"),
+            "trailing newlines: {:?}",
+            &text[text.len() - 40..]
+        );
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(keys(&v), ["html_attributions", "results", "status"]);
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(
+            text.matches("\n      },\n\n      {\n").count(),
+            results.len() - 1,
+            "a blank line between results"
+        );
+        for r in results {
+            let k = keys(r);
+            let mut sorted = k.clone();
+            sorted.sort_unstable();
+            assert_eq!(k, sorted, "Google's alphabetical key order");
+            let bare: Vec<&str> = k.iter().copied().filter(|k| *k != "photos").collect();
+            assert_eq!(
+                bare,
+                [
+                    "business_status",
+                    "geometry",
+                    "name",
+                    "place_id",
+                    "rating",
+                    "types",
+                    "user_ratings_total",
+                    "vicinity"
+                ]
+            );
+            for photo in r.get("photos").and_then(Value::as_array).into_iter().flatten() {
+                assert_eq!(keys(photo), ["height", "html_attributions", "photo_reference", "width"]);
+                assert_eq!(photo["photo_reference"].as_str().unwrap().len(), 400);
+                let credit = photo["html_attributions"][0].as_str().unwrap();
+                assert!(credit.starts_with("<a href=\"https://maps.google.com/maps/contrib/1"), "{credit}");
+            }
+            let loc = &r["geometry"]["location"];
+            assert!(
+                distance_m(34.06893, -118.445127, loc["lat"].as_f64().unwrap(), loc["lng"].as_f64().unwrap())
+                    < 1e5
+            );
+        }
+        v
+    }
+
+    /// Checks a padded New API body against the herd's mask. Returns the JSON.
+    fn check_padded_new(body: &[u8]) -> Value {
+        let text = std::str::from_utf8(body).unwrap();
+        assert!(text.starts_with("{\n  \"places\": [\n    {\n") && text.ends_with("\n}\n"), "{text:.200}");
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(keys(&v), ["places"]);
+        for p in v["places"].as_array().unwrap() {
+            assert_eq!(keys(p), keys(&masked(herd::places::FIELD_MASK)), "only the mask's fields");
+            let types = p["types"].as_array().unwrap();
+            assert_eq!(types[..2], [json!("point_of_interest"), json!("establishment")]);
+            assert!(types[2..].iter().all(|t| t.as_str().unwrap().starts_with("synthetic_type_")));
+        }
+        v
+    }
+
+    fn within_a_percent(len: usize, target: usize) {
+        let off = len.abs_diff(target) as f64 / target as f64;
+        assert!(off <= 0.01, "{len} bytes for a target of {target}");
+    }
+
+    #[test]
+    fn padded_answers_parse_have_googles_shape_and_the_size_asked() {
+        let mask = Some(herd::places::FIELD_MASK);
+        for target in SIZES {
+            let o = sized(Size::Fixed(target));
+            let r = respond(&legacy_request(&legacy_query(1000.0)), &o);
+            assert_eq!(r.status, 200);
+            within_a_percent(r.body.len(), target);
+            let v = check_padded_legacy(&r.body);
+            let results = v["results"].as_array().unwrap().len();
+            // Only the smallest target needs fewer results than Google's twenty.
+            assert_eq!(results == 20, target > KIB, "{results} results in {target} bytes");
+            assert!(results >= 1);
+
+            for count in [1, 5, 20] {
+                let r = respond(&new_request(Some("right-key"), mask, &new_body(1000.0, count)), &o);
+                assert_eq!(r.status, 200);
+                within_a_percent(r.body.len(), target);
+                let n = check_padded_new(&r.body)["places"].as_array().unwrap().len();
+                assert!(
+                    n == count || (target == KIB && (1..count).contains(&n)),
+                    "{n} of {count} in {target}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn padding_is_exact_to_the_byte_and_deterministic() {
+        for target in [1000, KIB, 5000, 20 * KIB + 1, 64 * KIB - 1, 100_001] {
+            let o = sized(Size::Fixed(target));
+            let a = respond(&legacy_request(&legacy_query(500.0)), &o);
+            assert_eq!(a.body.len(), target);
+            assert_eq!(a, respond(&legacy_request(&legacy_query(500.0)), &o));
+            let b = respond(&new_request(Some("right-key"), Some("*"), &new_body(500.0, 7)), &o);
+            assert_eq!(b.body.len(), target);
+        }
+    }
+
+    #[test]
+    fn size_by_radius_gives_round_radius_kib() {
+        let o = sized(Size::ByRadius);
+        for (radius_m, kib) in
+            [(1.0, 1), (19.6, 20), (64.0, 64), (300.0, 300), (1946.0, 1946), (2100.0, 2100)]
+        {
+            let r = respond(&legacy_request(&legacy_query(radius_m)), &o);
+            assert_eq!(r.body.len(), kib * KIB, "radius {radius_m}");
+            let r = respond(
+                &new_request(Some("right-key"), Some(herd::places::FIELD_MASK), &new_body(radius_m, 20)),
+                &o,
+            );
+            assert_eq!(r.body.len(), kib * KIB, "radius {radius_m}");
+        }
+        // The places still lie within the radius asked, however small.
+        let v = check_padded_legacy(&respond(&legacy_request(&legacy_query(2.0)), &o).body);
+        for r in v["results"].as_array().unwrap() {
+            let loc = &r["geometry"]["location"];
+            assert!(
+                distance_m(34.06893, -118.445127, loc["lat"].as_f64().unwrap(), loc["lng"].as_f64().unwrap())
+                    < 2.0
+            );
+        }
+    }
+
+    #[test]
+    fn padding_leaves_errors_small_and_the_default_unchanged() {
+        let o = sized(Size::Fixed(64 * KIB));
+        // Refusals are not padded.
+        let r = respond(&legacy_request("location=1,2&radius=5&key=wrong"), &o);
+        assert!(r.body.len() < 1000 && json_of(&r)["status"] == "REQUEST_DENIED");
+        let r = respond(&new_request(Some("wrong"), Some("*"), BODY), &o);
+        assert!(r.status == 403 && r.body.len() < 1000);
+        // A mask without the padded fields gets the bare answer, as Google would send it.
+        let r = respond(&new_request(Some("right-key"), Some("places.id,places.rating"), BODY), &o);
+        assert_eq!(
+            r,
+            respond(&new_request(Some("right-key"), Some("places.id,places.rating"), BODY), &opts())
+        );
+        // A target under one bare result: that one result, unpadded.
+        let tiny = sized(Size::Fixed(10));
+        let v = json_of(&respond(&legacy_request(&legacy_query(5.0)), &tiny));
+        assert_eq!(v["results"].as_array().unwrap().len(), 1);
+        assert_eq!(v["results"][0]["vicinity"], "Synthetic Street 1");
+        // Without a size, answers are as they always were.
+        let plain = respond(&legacy_request(&legacy_query(1000.0)), &opts());
+        assert!(!plain.body.windows(2).any(|w| w == b"\n\n") && plain.body.len() < 20 * KIB);
+    }
+
+    #[test]
+    fn sizes_parse_in_bytes_kib_and_mib() {
+        assert_eq!(parse_size("20480"), Ok(20480));
+        assert_eq!(parse_size("20K"), Ok(20480));
+        assert_eq!(parse_size("20kib"), Ok(20480));
+        assert_eq!(parse_size("1.9M"), Ok(1_992_294));
+        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
+        assert_eq!(parse_size("64M"), Ok(MAX_PAD));
+        for bad in ["", "K", "-1", "1.5G", "65M", "NaN", "inf", "1e99", "12 bytes"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn whole_responses_are_framed_as_the_head_says() {
+        let head = response_head(200, 5, false, false);
+        assert_eq!(whole_response(head.clone(), b"hello", false), [&head[..], b"hello"].concat());
+        let head = response_head(200, 5, true, false);
+        assert_eq!(
+            whole_response(head.clone(), b"hello", true),
+            [head, chunk_body(b"hello").concat()].concat()
+        );
+    }
+
     // --- HTTP -----------------------------------------------------------------------------
 
     #[test]
@@ -1787,6 +2308,8 @@ mod tests {
                 && !o.close
                 && !o.reset_mid_body
                 && o.port_file.is_none()
+                && o.size == Size::Natural
+                && o.delivery == Delivery::Default
         );
         let Ok(Command::Run(o)) = args(&[
             "--listen",
@@ -1815,6 +2338,21 @@ mod tests {
         assert!(
             o.garbage && o.chunked && o.close && o.reset_mid_body && o.port_file == Some(PathBuf::from("p"))
         );
+        let run = |a: &[&str]| match args(a) {
+            Ok(Command::Run(o)) => (o.size, o.delivery),
+            _ => panic!("{a:?}"),
+        };
+        assert_eq!(run(&["--pad-to", "20K", "--burst"]), (Size::Fixed(20480), Delivery::Burst));
+        assert_eq!(
+            run(&["--size-by-radius", "--trickle", "4096"]),
+            (Size::ByRadius, Delivery::Trickle { piece: 4096, pause: TRICKLE_PAUSE })
+        );
+        assert_eq!(
+            run(&["--trickle-pause-us", "250", "--trickle", "1"]).1,
+            Delivery::Trickle { piece: 1, pause: Duration::from_micros(250) }
+        );
+        assert_eq!(Size::ByRadius.target(1945.6), Some(1946 * 1024));
+        assert_eq!(Size::Natural.target(1.0), None);
         assert!(matches!(args(&["--help"]), Ok(Command::Help)));
         assert!(matches!(args(&["-V"]), Ok(Command::Version)));
         for bad in [
@@ -1827,6 +2365,13 @@ mod tests {
             &["--key"],
             &["--bogus"],
             &["extra"],
+            &["--pad-to", "1G"],
+            &["--pad-to", "20K", "--size-by-radius"],
+            &["--size-by-radius", "--pad-to", "20K"],
+            &["--burst", "--trickle", "10"],
+            &["--trickle", "0"],
+            &["--trickle", "-5"],
+            &["--trickle-pause-us", "10"],
         ] {
             assert!(args(bad).is_err(), "{bad:?}");
         }

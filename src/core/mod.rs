@@ -4,19 +4,22 @@ mod link;
 mod rng;
 #[cfg(test)]
 mod sim;
+mod whatsat;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::config::PlacesApi;
 use crate::herd::{Locations, Observed};
+use crate::places::Query;
 use crate::places::response::Response;
-use crate::places::{self, Query, convert};
 use crate::proto::{self, Command, Difference, Location};
 
 pub use link::LinkState;
 use link::Peer;
 use rng::Rng;
+pub use whatsat::WARN_INTERVAL;
+use whatsat::{Asked, Key, Waiter, Whatsat};
 
 /// A neighbour, by its position in [`NodeConfig::neighbours`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,9 +43,37 @@ pub struct PlacesSettings {
     pub has_key: bool,
     /// Deadline of one upstream request.
     pub timeout: Duration,
-    /// Most upstream requests in flight; a WHATSAT beyond it answers `? ` at once rather than
-    /// queueing without bound.
+    /// Most upstream requests in flight; further ones wait their turn in arrival order.
     pub max_in_flight: usize,
+    /// Most upstream requests waiting for a turn; a WHATSAT that would queue one more answers
+    /// `? ` at once rather than queueing without bound.
+    pub max_queued: usize,
+    /// How long a usable answer is reused for identical requests; zero: no cache.
+    pub cache_ttl: Duration,
+    /// Most bytes of cached answers (bodies plus a fixed overhead per entry).
+    pub cache_bytes: usize,
+    /// Upstream requests per second one connection may cause (cache hits and joins are free);
+    /// zero: no limit.
+    pub rate_limit: f64,
+    /// How many such requests a connection may make at once before the rate applies.
+    pub rate_burst: u32,
+}
+
+impl PlacesSettings {
+    /// The defaults, documented with their reasons in README.md (Limits) and config.yml.
+    pub fn new(api: PlacesApi, has_key: bool) -> Self {
+        Self {
+            api,
+            has_key,
+            timeout: Duration::from_secs(5),
+            max_in_flight: 64,
+            max_queued: 64,
+            cache_ttl: Duration::from_secs(60),
+            cache_bytes: 16 << 20,
+            rate_limit: 2.0,
+            rate_burst: 20,
+        }
+    }
 }
 
 /// Everything a [`Node`] needs to know about its place in the herd.
@@ -88,12 +119,7 @@ impl NodeConfig {
             connect_timeout: Duration::from_secs(2),
             max_line: 4096,
             seed: 0x5eed,
-            places: PlacesSettings {
-                api: PlacesApi::New,
-                has_key: false,
-                timeout: Duration::from_secs(5),
-                max_in_flight: 64,
-            },
+            places: PlacesSettings::new(PlacesApi::New, false),
         }
     }
 }
@@ -152,24 +178,10 @@ pub struct Stats {
     pub places_sent: u64,
     /// Places requests that failed or passed their deadline.
     pub places_failed: u64,
-}
-
-/// A Places request in flight and the WHATSATs waiting for it.
-#[derive(Debug)]
-struct InFlight {
-    id: QueryId,
-    query: Query,
-    deadline: Instant,
-    waiters: Vec<Waiter>,
-}
-
-#[derive(Debug)]
-struct Waiter {
-    conn: ConnId,
-    /// The client's record when the WHATSAT arrived: the reply's first line.
-    at_line: Vec<u8>,
-    /// The WHATSAT as received, for a `? ` reply if the request fails.
-    line: Vec<u8>,
+    /// WHATSATs answered from the cache.
+    pub cache_hits: u64,
+    /// WHATSATs that found neither a cached answer nor an identical request under way.
+    pub cache_misses: u64,
 }
 
 /// Bytes of resync queued per neighbour before waiting for the socket to take them: keeps a
@@ -201,8 +213,7 @@ pub struct Node {
     /// Reused buffer for an AT line received from a peer.
     scratch: Vec<u8>,
     stats: Stats,
-    in_flight: Vec<InFlight>,
-    next_query: u64,
+    whatsat: Whatsat,
 }
 
 impl Node {
@@ -211,14 +222,13 @@ impl Node {
         let peers = config.neighbours.iter().map(|n| Peer::new(n.clone(), now)).collect();
         Self {
             rng: Rng::new(config.seed),
+            whatsat: Whatsat::new(config.places.clone()),
             config,
             table: Locations::new(),
             peers,
             outputs: VecDeque::new(),
             scratch: Vec::new(),
             stats: Stats::default(),
-            in_flight: Vec::new(),
-            next_query: 0,
         }
     }
 
@@ -330,90 +340,33 @@ impl Node {
                 let Some(location) = proto::fields(record.line()).nth(4).and_then(Location::parse) else {
                     return self.invalid(line, reply);
                 };
-                if !self.config.places.has_key {
-                    log::warn!("WHATSAT answered `?`: no Places API key is configured");
-                    return self.invalid(line, reply);
-                }
                 let (lat, lng) = location.degrees();
-                let query = Query { lat, lng, radius_m: radius_km * 1000.0, bound };
-                let waiter =
-                    Waiter { conn, at_line: record.line().to_vec(), line: trim_terminator(line).to_vec() };
-                self.ask_places(now, query, waiter, line, reply)
-            }
-        }
-    }
-
-    /// Joins an identical request in flight, or starts one if the cap allows.
-    fn ask_places(
-        &mut self,
-        now: Instant,
-        query: Query,
-        waiter: Waiter,
-        line: &[u8],
-        reply: &mut Vec<u8>,
-    ) -> Handled {
-        if let Some(f) = self.in_flight.iter_mut().find(|f| f.query == query) {
-            f.waiters.push(waiter);
-            return Handled::Pending;
-        }
-        if self.in_flight.len() >= self.config.places.max_in_flight {
-            log::warn!(
-                "WHATSAT answered `?`: {} Places requests already in flight",
-                self.config.places.max_in_flight
-            );
-            return self.invalid(line, reply);
-        }
-        let id = QueryId(self.next_query);
-        self.next_query += 1;
-        self.stats.places_sent += 1;
-        self.in_flight.push(InFlight {
-            id,
-            query,
-            deadline: now + self.config.places.timeout,
-            waiters: vec![waiter],
-        });
-        self.outputs.push_back(Output::Places { id, query });
-        Handled::Pending
-    }
-
-    /// The answer to [`Output::Places`] `id`: the response, or why there is none (never
-    /// containing the key). Every WHATSAT waiting for it is answered.
-    pub fn handle_places_response(&mut self, id: QueryId, result: Result<Response, String>) {
-        let Some(pos) = self.in_flight.iter().position(|f| f.id == id) else {
-            // Already answered with `?` when its deadline passed.
-            return;
-        };
-        let f = self.in_flight.swap_remove(pos);
-        let json = result.and_then(|r| {
-            match self.config.places.api {
-                PlacesApi::New => convert::new_to_legacy(&r, f.query.bound),
-                PlacesApi::Legacy => convert::legacy_cut(&r, f.query.bound),
-            }
-            .map_err(|e| e.to_string())
-        });
-        match json {
-            Ok(json) => {
-                for w in f.waiters {
-                    let mut bytes = Vec::with_capacity(w.at_line.len() + json.len() + 3);
-                    places::write_whatsat_reply(&mut bytes, &w.at_line, &json);
-                    self.outputs.push_back(Output::Reply { conn: w.conn, bytes });
+                let api = self.whatsat.settings().api;
+                let Some(key) = Key::new(api, lat, lng, radius_km, bound) else {
+                    log::info!("WHATSAT refused: its radius rounds to 0 metres");
+                    return self.invalid(line, reply);
+                };
+                let waiter = Waiter {
+                    conn,
+                    at_line: record.line().to_vec(),
+                    line: trim_terminator(line).to_vec(),
+                    bound,
+                };
+                let mut out = whatsat::Outputs { outputs: &mut self.outputs, stats: &mut self.stats };
+                match self.whatsat.ask(now, key, waiter, reply, &mut out) {
+                    Some(Asked::Replied) => Handled::Replied,
+                    Some(Asked::Pending) => Handled::Pending,
+                    None => self.invalid(line, reply),
                 }
             }
-            Err(cause) => {
-                log::warn!("Places request {} failed: {cause}", id.0);
-                self.fail_waiters(f);
-            }
         }
     }
 
-    fn fail_waiters(&mut self, f: InFlight) {
-        self.stats.places_failed += 1;
-        for w in f.waiters {
-            self.stats.invalid += 1;
-            let mut bytes = Vec::with_capacity(w.line.len() + 3);
-            proto::write_invalid(&mut bytes, &w.line);
-            self.outputs.push_back(Output::Reply { conn: w.conn, bytes });
-        }
+    /// The answer to [`Output::Places`] `id`, received at `now`: the response, or why there is
+    /// none (never containing the key). Every WHATSAT waiting for it is answered.
+    pub fn handle_places_response(&mut self, now: Instant, id: QueryId, result: Result<Response, String>) {
+        let mut out = whatsat::Outputs { outputs: &mut self.outputs, stats: &mut self.stats };
+        self.whatsat.handle_response(now, id, result, &mut out);
     }
 
     fn invalid(&mut self, line: &[u8], reply: &mut Vec<u8>) -> Handled {
@@ -449,16 +402,8 @@ impl Node {
     /// Advances timers: dials links whose backoff ended, abandons dials that took too long,
     /// answers WHATSATs whose Places request passed its deadline.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(pos) = self.in_flight.iter().position(|f| f.deadline <= now) {
-            let f = self.in_flight.swap_remove(pos);
-            log::warn!(
-                "Places request {} failed: no answer within {} ms",
-                f.id.0,
-                self.config.places.timeout.as_millis()
-            );
-            self.outputs.push_back(Output::CancelPlaces(f.id));
-            self.fail_waiters(f);
-        }
+        let mut out = whatsat::Outputs { outputs: &mut self.outputs, stats: &mut self.stats };
+        self.whatsat.handle_timeout(now, &mut out);
         for (i, p) in self.peers.iter_mut().enumerate() {
             match p.state {
                 LinkState::Down { retry_at } if retry_at <= now => {
@@ -489,7 +434,7 @@ impl Node {
             LinkState::Connecting { deadline } => Some(deadline),
             LinkState::Up { .. } => None,
         });
-        links.chain(self.in_flight.iter().map(|f| f.deadline)).min()
+        links.chain(self.whatsat.poll_timeout()).min()
     }
 
     /// Bytes waiting to be written to `peer`'s link (empty unless the link is up).
@@ -765,10 +710,10 @@ mod tests {
         let now = Instant::now();
         let mut cfg = NodeConfig::new("Hill", vec![]);
         cfg.places = PlacesSettings {
-            api: PlacesApi::New,
-            has_key: true,
             timeout: Duration::from_millis(500),
             max_in_flight,
+            max_queued: 0,
+            ..PlacesSettings::new(PlacesApi::New, true)
         };
         let mut n = Node::new(cfg, now);
         line(&mut n, T0, "IAMAT kiwi +34.068930-118.445127 1520023934.918963997");
@@ -800,7 +745,7 @@ mod tests {
         assert_eq!((h, out.as_str()), (Handled::Pending, ""));
         let Some(Output::Places { id, query }) = n.poll_output() else { panic!("no Places request") };
         assert_eq!(query, Query { lat: 34.06893, lng: -118.445127, radius_m: 10_000.0, bound: 2 });
-        n.handle_places_response(id, Ok(ok_places(5)));
+        n.handle_places_response(now, id, Ok(ok_places(5)));
         let Some(Output::Reply { conn, bytes }) = n.poll_output() else { panic!("no reply") };
         assert_eq!(conn, ConnId(7));
         let text = String::from_utf8(bytes).unwrap();
@@ -821,7 +766,7 @@ mod tests {
         let requests: Vec<Output> = std::iter::from_fn(|| n.poll_output()).collect();
         assert_eq!(requests.len(), 2, "bound 2 twice shares, bound 3 is its own: {requests:?}");
         let Output::Places { id, .. } = requests[0] else { panic!() };
-        n.handle_places_response(id, Ok(ok_places(3)));
+        n.handle_places_response(now, id, Ok(ok_places(3)));
         let conns: Vec<ConnId> = std::iter::from_fn(|| n.poll_output())
             .map(|o| match o {
                 Output::Reply { conn, .. } => conn,
@@ -841,7 +786,7 @@ mod tests {
             body: br#"{"error":{"status":"PERMISSION_DENIED"}}"#.to_vec(),
             keep_alive: true,
         };
-        n.handle_places_response(id, Ok(denied));
+        n.handle_places_response(now, id, Ok(denied));
         assert_eq!(
             n.poll_output(),
             Some(Output::Reply { conn: ConnId(1), bytes: b"? WHATSAT kiwi 10 2\n".to_vec() })
@@ -857,7 +802,7 @@ mod tests {
             Some(Output::Reply { conn: ConnId(2), bytes: b"? WHATSAT lime 5 1\n".to_vec() })
         );
         // A late answer after the deadline changes nothing.
-        n.handle_places_response(id, Ok(ok_places(1)));
+        n.handle_places_response(now, id, Ok(ok_places(1)));
         assert_eq!(n.poll_output(), None);
         assert_eq!(n.stats().places_failed, 2);
     }
@@ -877,6 +822,205 @@ mod tests {
             (Handled::Replied, "? WHATSAT kiwi 10 2\n".into())
         );
         assert_eq!(n.poll_output(), None);
+    }
+
+    /// A node with a key and the given WHATSAT settings, knowing `kiwi` and `lime`.
+    fn places_node_with(edit: impl FnOnce(&mut PlacesSettings)) -> (Node, Instant) {
+        let now = Instant::now();
+        let mut cfg = NodeConfig::new("Hill", vec![]);
+        cfg.places = PlacesSettings {
+            timeout: Duration::from_millis(500),
+            ..PlacesSettings::new(PlacesApi::New, true)
+        };
+        edit(&mut cfg.places);
+        let mut n = Node::new(cfg, now);
+        line(&mut n, T0, "IAMAT kiwi +34.068930-118.445127 1520023934.918963997");
+        line(&mut n, T0, "IAMAT lime -33.8670522+151.1957362 1520023934.5");
+        (n, now)
+    }
+
+    fn drain(n: &mut Node) -> Vec<Output> {
+        std::iter::from_fn(|| n.poll_output()).collect()
+    }
+
+    fn places_ids(outputs: &[Output]) -> Vec<QueryId> {
+        outputs
+            .iter()
+            .filter_map(|o| if let Output::Places { id, .. } = o { Some(*id) } else { None })
+            .collect()
+    }
+
+    #[test]
+    fn whatsat_cached_answer_replies_at_once_until_the_ttl() {
+        let (mut n, now) = places_node_with(|p| p.cache_ttl = Duration::from_secs(60));
+        whatsat(&mut n, now, 1, "WHATSAT kiwi 10 2");
+        let [Output::Places { id, .. }] = drain(&mut n)[..] else { panic!() };
+        n.handle_places_response(now, id, Ok(ok_places(5)));
+        let first = drain(&mut n);
+        let Output::Reply { bytes, .. } = &first[0] else { panic!() };
+        for conn in 2..502 {
+            let (h, out) = whatsat(&mut n, now + Duration::from_secs(59), conn, "WHATSAT kiwi 10 2");
+            assert_eq!((h, out.as_bytes()), (Handled::Replied, &bytes[..]), "hit {conn}");
+        }
+        assert_eq!(drain(&mut n), [], "no upstream request for a hit");
+        assert_eq!((n.stats().cache_hits, n.stats().cache_misses, n.stats().places_sent), (500, 1, 1));
+        // Past the TTL: asked again.
+        let later = now + Duration::from_secs(61);
+        n.handle_timeout(later);
+        assert_eq!(whatsat(&mut n, later, 9, "WHATSAT kiwi 10 2").0, Handled::Pending);
+        assert_eq!(places_ids(&drain(&mut n)).len(), 1);
+    }
+
+    #[test]
+    fn whatsat_radii_and_locations_below_the_rounding_share_one_request() {
+        let (mut n, now) = places_node_with(|_| {});
+        line(&mut n, T0, "IAMAT near +34.0689301-118.4451271 1520023934.918963997");
+        for (conn, l) in [
+            (1, "WHATSAT kiwi 10 2"),
+            (2, "WHATSAT kiwi 10.0004 2"),
+            (3, "WHATSAT kiwi 9.9996 2"),
+            (4, "WHATSAT near 10 2"),
+        ] {
+            assert_eq!(whatsat(&mut n, now, conn, l).0, Handled::Pending, "{l}");
+        }
+        let out = drain(&mut n);
+        assert_eq!(places_ids(&out).len(), 1, "{out:?}");
+        let Output::Places { query, .. } = out[0] else { panic!() };
+        assert_eq!(query, Query { lat: 34.06893, lng: -118.445127, radius_m: 10_000.0, bound: 2 });
+        // One metre more is another request.
+        whatsat(&mut n, now, 5, "WHATSAT kiwi 10.001 2");
+        assert_eq!(places_ids(&drain(&mut n)).len(), 1);
+    }
+
+    #[test]
+    fn whatsat_radius_rounding_to_zero_metres_is_refused() {
+        let (mut n, now) = places_node_with(|_| {});
+        assert_eq!(
+            whatsat(&mut n, now, 1, "WHATSAT kiwi 0.0004 2"),
+            (Handled::Replied, "? WHATSAT kiwi 0.0004 2\n".into())
+        );
+        assert_eq!(drain(&mut n), []);
+        assert_eq!(whatsat(&mut n, now, 1, "WHATSAT kiwi 0.0005 2").0, Handled::Pending, "rounds to 1 m");
+    }
+
+    #[test]
+    fn whatsat_legacy_bounds_share_one_request_cut_per_waiter() {
+        let (mut n, now) = places_node_with(|p| p.api = PlacesApi::Legacy);
+        whatsat(&mut n, now, 1, "WHATSAT kiwi 10 2");
+        whatsat(&mut n, now, 2, "WHATSAT kiwi 10 5");
+        let ids = places_ids(&drain(&mut n));
+        assert_eq!(ids.len(), 1);
+        let results: Vec<String> = (0..20).map(|i| format!(r#"{{"name":"p{i}"}}"#)).collect();
+        let body = format!(r#"{{"html_attributions":[],"results":[{}],"status":"OK"}}"#, results.join(","));
+        n.handle_places_response(
+            now,
+            ids[0],
+            Ok(Response { status: 200, body: body.into_bytes(), keep_alive: true }),
+        );
+        let counts: Vec<usize> = drain(&mut n)
+            .into_iter()
+            .map(|o| {
+                let Output::Reply { bytes, .. } = o else { panic!() };
+                let text = String::from_utf8(bytes).unwrap();
+                let v: serde_json::Value =
+                    serde_json::from_str(text.split_once('\n').unwrap().1.trim_end()).unwrap();
+                v["results"].as_array().unwrap().len()
+            })
+            .collect();
+        assert_eq!(counts, [2, 5]);
+        let (h, out) = whatsat(&mut n, now, 3, "WHATSAT kiwi 10 7");
+        assert_eq!(h, Handled::Replied, "{out}");
+    }
+
+    #[test]
+    fn whatsat_failed_answer_is_not_cached() {
+        let (mut n, now) = places_node_with(|_| {});
+        whatsat(&mut n, now, 1, "WHATSAT kiwi 10 2");
+        let ids = places_ids(&drain(&mut n));
+        n.handle_places_response(now, ids[0], Err("reset".into()));
+        assert_eq!(drain(&mut n).len(), 1);
+        assert_eq!(whatsat(&mut n, now, 1, "WHATSAT kiwi 10 2").0, Handled::Pending);
+        assert_eq!(places_ids(&drain(&mut n)).len(), 1, "asked again");
+    }
+
+    #[test]
+    fn whatsat_rate_limit_refuses_past_the_burst_and_refills() {
+        let (mut n, now) = places_node_with(|p| {
+            p.rate_limit = 2.0;
+            p.rate_burst = 3;
+            p.cache_ttl = Duration::ZERO;
+        });
+        let mut t = now;
+        let ask = |n: &mut Node, t: Instant, conn: u64| {
+            let h = whatsat(n, t, conn, "WHATSAT kiwi 10 2").0;
+            // Answer at once so the next WHATSAT is a new upstream request.
+            for id in places_ids(&drain(n)) {
+                n.handle_places_response(t, id, Ok(ok_places(2)));
+            }
+            drain(n);
+            h
+        };
+        for _ in 0..3 {
+            assert_eq!(ask(&mut n, t, 1), Handled::Pending);
+        }
+        assert_eq!(ask(&mut n, t, 1), Handled::Replied, "over the burst: `?` at once");
+        assert_eq!(ask(&mut n, t, 2), Handled::Pending, "another connection has its own bucket");
+        t += Duration::from_millis(499);
+        assert_eq!(ask(&mut n, t, 1), Handled::Replied);
+        t += Duration::from_millis(1);
+        assert_eq!(ask(&mut n, t, 1), Handled::Pending, "one token back after 1/rate");
+        assert_eq!(n.stats().places_sent, 5);
+    }
+
+    #[test]
+    fn whatsat_joins_and_cache_hits_cost_no_tokens() {
+        let (mut n, now) = places_node_with(|p| p.rate_burst = 1);
+        assert_eq!(whatsat(&mut n, now, 1, "WHATSAT kiwi 10 2").0, Handled::Pending);
+        assert_eq!(whatsat(&mut n, now, 2, "WHATSAT kiwi 10 2").0, Handled::Pending);
+        let ids = places_ids(&drain(&mut n));
+        n.handle_places_response(now, ids[0], Ok(ok_places(2)));
+        drain(&mut n);
+        for _ in 0..10 {
+            let (h, out) = whatsat(&mut n, now, 2, "WHATSAT kiwi 10 2");
+            assert_eq!(h, Handled::Replied);
+            assert!(out.starts_with("AT "), "{out}");
+        }
+    }
+
+    #[test]
+    fn whatsat_full_pool_queues_in_arrival_order_then_refuses() {
+        let (mut n, now) = places_node_with(|p| {
+            p.max_in_flight = 2;
+            p.max_queued = 2;
+        });
+        for (conn, r) in [(1, 1), (2, 2), (3, 3), (4, 4)] {
+            assert_eq!(whatsat(&mut n, now, conn, &format!("WHATSAT kiwi {r} 2")).0, Handled::Pending);
+        }
+        assert_eq!(
+            whatsat(&mut n, now, 5, "WHATSAT kiwi 5 2"),
+            (Handled::Replied, "? WHATSAT kiwi 5 2\n".into()),
+            "pool and queue full"
+        );
+        assert_eq!(whatsat(&mut n, now, 6, "WHATSAT kiwi 4 2").0, Handled::Pending, "joins a queued request");
+        let ids = places_ids(&drain(&mut n));
+        assert_eq!(ids.len(), 2);
+        n.handle_places_response(now, ids[1], Ok(ok_places(2)));
+        let out = drain(&mut n);
+        let Output::Reply { conn, .. } = out[0] else { panic!("{out:?}") };
+        assert_eq!(conn, ConnId(2));
+        let Output::Places { query, .. } = out[1] else { panic!("{out:?}") };
+        assert_eq!(query.radius_m, 3000.0, "the first queued starts");
+        // The queued one past its deadline is answered `?` without ever asking.
+        n.handle_timeout(now + Duration::from_millis(500));
+        let replies: Vec<ConnId> = drain(&mut n)
+            .into_iter()
+            .filter_map(|o| if let Output::Reply { conn, .. } = o { Some(conn) } else { None })
+            .collect();
+        assert_eq!(replies, [ConnId(1), ConnId(3), ConnId(4), ConnId(6)]);
+        assert!(
+            n.poll_timeout() > Some(now + Duration::from_millis(500)),
+            "nothing left in flight or queued"
+        );
     }
 
     /// A node whose link to Jaquez is up, with `peer_output` far below the resync floor.

@@ -27,7 +27,18 @@ pub struct Fed {
     pub overlong: bool,
     /// A WHATSAT waits for Places; no more lines until it is answered.
     pub paused: bool,
+    /// This feed appended more than [`FEED_OUTPUT`] bytes of replies: the remaining lines are
+    /// held back until the driver has written what it can and resumes them
+    /// ([`Input::Resume`]) on a later turn.
+    pub full: bool,
 }
+
+/// Most reply bytes one feed appends before it holds back the connection's remaining lines.
+/// A WHATSAT answered from the Places cache turns 20 bytes in into up to 2 MiB out; without a
+/// pause, one read of pipelined WHATSATs would queue gigabytes and hold the loop for seconds
+/// before the output limit is ever checked. IAMATs (at most about 2 bytes out per byte in, and
+/// reads of at most 64 KiB) never reach it, so the hot path is unchanged.
+pub const FEED_OUTPUT: usize = 256 << 10;
 
 /// Hands the complete lines of connection `id` to the node, appending replies to `out` and
 /// logging both (`c<id> < line`, `c<id> > reply`). An over-long line gets `? ` and its first
@@ -44,6 +55,7 @@ pub fn feed_lines(
     input: Input<'_>,
 ) -> Fed {
     let mut fed = Fed::default();
+    let fed_from = out.len();
     let mut on_frame = |frame: Frame<'_>| {
         let start = out.len();
         let mut flow = ControlFlow::Continue(());
@@ -52,6 +64,9 @@ pub fn feed_lines(
                 log::info!("c{id} < {}", line.escape_ascii());
                 if node.handle_line(now, wall, ConnId(id), line, out) == Handled::Pending {
                     fed.paused = true;
+                    flow = ControlFlow::Break(());
+                } else if out.len() - fed_from > FEED_OUTPUT {
+                    fed.full = true;
                     flow = ControlFlow::Break(());
                 }
             }

@@ -491,7 +491,7 @@ impl Reactor {
                 return;
             }
             for (id, result) in done {
-                self.node.handle_places_response(id, result);
+                self.node.handle_places_response(now, id, result);
             }
             self.drain_outputs(now);
         }
@@ -500,19 +500,33 @@ impl Reactor {
     /// A WHATSAT's reply is ready: write it and give the connection its next lines.
     fn deliver_reply(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
         let Some(key) = self.paused.remove(&conn.0) else { return };
-        let Self { conns, node, discard, limits, dirty, ready, paused, .. } = self;
-        let Some(c) = conns.get_mut(key).filter(|c| c.id == conn.0) else { return };
+        let Some(c) = self.conns.get_mut(key).filter(|c| c.id == conn.0) else { return };
         if c.role == Role::Inbound {
             log::info!("c{} > {}", c.id, bytes.strip_suffix(b"\n").unwrap_or(bytes).escape_ascii());
             c.out.extend_from_slice(bytes);
-            if !c.dirty {
-                c.dirty = true;
-                dirty.push(key);
-            }
         }
+        self.resume_lines(key, now);
+    }
+
+    /// Hands connection `key` the lines held back behind a WHATSAT now answered, or behind a
+    /// feed that filled [`FEED_OUTPUT`](crate::driver::FEED_OUTPUT).
+    fn resume_lines(&mut self, key: usize, now: Instant) {
+        let Self { conns, node, discard, limits, dirty, ready, paused, .. } = self;
+        let Some(c) = conns.get_mut(key) else { return };
+        let conn = c.id;
         let fed = feed_conn(node, c, discard, limits, now, unix_nanos(), Input::Resume);
+        if c.pending_out() > 0 && !c.dirty {
+            c.dirty = true;
+            dirty.push(key);
+        }
         if fed.paused {
             paused.insert(c.id, key);
+        } else if fed.full {
+            // More lines wait: serve them next turn, after this turn's writes.
+            if !c.queued {
+                c.queued = true;
+                ready.push(key);
+            }
         } else if c.readable && c.state == State::Open && !c.queued {
             // Reading stopped at the WHATSAT; whatever followed it is read now.
             c.queued = true;
@@ -521,7 +535,7 @@ impl Reactor {
         if fed.overlong {
             let until = now + LINGER;
             c.set_state(State::Lingering { until, shut: false });
-            self.lingering.push((until, key, conn.0));
+            self.lingering.push((until, key, conn));
         }
         if c.pending_out() > limits.client_output {
             self.enforce_output_limit(key, now);
@@ -555,6 +569,11 @@ impl Reactor {
                 }
                 Err(e) => return self.close(key, now, &format!("connect failed: {e}"), true),
             }
+        }
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if c.reader.is_paused() && !self.paused.contains_key(&c.id) && c.state != State::Closed {
+            // Held back by a full feed, not by a WHATSAT: this turn's writes are done.
+            self.resume_lines(key, now);
         }
         let Some(c) = self.conns.get_mut(key) else { return };
         if c.writable && c.pending_out() > 0 && !c.dirty {
@@ -629,6 +648,11 @@ impl Reactor {
             let fed = feed_conn(node, c, discard, limits, now, wall, input);
             if fed.paused {
                 paused.insert(c.id, key);
+            }
+            if fed.full && !c.queued {
+                // The lines left are handed on next turn (see `service`).
+                c.queued = true;
+                ready.push(key);
             }
             if c.pending_out() > limits.client_output {
                 // Write what the socket takes before judging (see `enforce_output_limit`).

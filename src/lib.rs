@@ -29,7 +29,8 @@
 //! - [`proto`]: the wire format of PROTOCOL.md: framing, parsing, formatting.
 //! - [`herd`]: the table of client locations (newer wins).
 //! - [`core`]: [`core::Node`], one herd member's decisions: replies, flooding, peer links,
-//!   backoff, resync.
+//!   backoff, resync, and the WHATSAT flow (`core/whatsat.rs`: canonical requests, the cache,
+//!   the rate limit, fair turns, throttled warnings).
 //! - [`places`]: the Places client, sans-IO: request bytes for both APIs, response reading, the
 //!   New-to-legacy conversion and the WHATSAT reply body.
 //! - [`driver`]: the mio reactor that drives a `Node` over real sockets, and what every driver

@@ -436,6 +436,7 @@ async fn supervise(shared: &Rc<Shared>, listener: TcpListener, stop: impl Future
         if let Some(by) = shared.shutdown_by.get()
             && (now >= by || quiet(shared))
         {
+            log::info!("counters: {:?}", shared.core.borrow().node.stats());
             log::info!("stopped");
             logging::flush();
             return;

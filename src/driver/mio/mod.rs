@@ -292,6 +292,7 @@ impl Reactor {
             if let Some(by) = self.shutdown_by
                 && (now >= by || self.conns.iter().all(|(_, c)| self.idle_at_shutdown(c)))
             {
+                log::info!("counters: {:?}", self.node.stats());
                 log::info!("stopped");
                 logging::flush();
                 return Ok(());

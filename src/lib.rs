@@ -35,6 +35,7 @@
 //!   New-to-legacy conversion and the WHATSAT reply body.
 //! - [`driver`]: the mio reactor that drives a `Node` over real sockets, and what every driver
 //!   does the same way between a socket's bytes and the node (`feed_lines`).
+//! - [`limits`]: every fixed limit, once, with its reason (configurable ones are in [`config`]).
 //! - [`config`], [`cli`], [`logging`]: process set-up.
 //! - [`app`]: the process around a driver (command line, config to [`core::Node`], log, exit
 //!   statuses), shared by `herd` and its tokio twin `examples/herd-tokio.rs`.
@@ -48,6 +49,7 @@ pub mod config;
 pub mod core;
 pub mod driver;
 pub mod herd;
+pub mod limits;
 pub mod logging;
 pub mod places;
 pub mod proto;

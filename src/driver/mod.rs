@@ -8,6 +8,7 @@ use std::ops::ControlFlow;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::core::{ConnId, Handled, Node};
+use crate::limits::FEED_OUTPUT;
 use crate::proto::{Frame, LineReader, OVERLONG_ECHO, write_invalid};
 
 /// What is handed to a connection's framing.
@@ -27,18 +28,11 @@ pub struct Fed {
     pub overlong: bool,
     /// A WHATSAT waits for Places; no more lines until it is answered.
     pub paused: bool,
-    /// This feed appended more than [`FEED_OUTPUT`] bytes of replies: the remaining lines are
+    /// This feed appended more than [`FEED_OUTPUT`](crate::limits::FEED_OUTPUT) bytes of replies: the remaining lines are
     /// held back until the driver has written what it can and resumes them
     /// ([`Input::Resume`]) on a later turn.
     pub full: bool,
 }
-
-/// Most reply bytes one feed appends before it holds back the connection's remaining lines.
-/// A WHATSAT answered from the Places cache turns 20 bytes in into up to 2 MiB out; without a
-/// pause, one read of pipelined WHATSATs would queue gigabytes and hold the loop for seconds
-/// before the output limit is ever checked. IAMATs (at most about 2 bytes out per byte in, and
-/// reads of at most 64 KiB) never reach it, so the hot path is unchanged.
-pub const FEED_OUTPUT: usize = 256 << 10;
 
 /// Hands the complete lines of connection `id` to the node, appending replies to `out` and
 /// logging both (`c<id> < line`, `c<id> > reply`). An over-long line gets `? ` and its first

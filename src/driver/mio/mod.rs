@@ -510,7 +510,7 @@ impl Reactor {
     }
 
     /// Hands connection `key` the lines held back behind a WHATSAT now answered, or behind a
-    /// feed that filled [`FEED_OUTPUT`](crate::driver::FEED_OUTPUT).
+    /// feed that filled [`FEED_OUTPUT`](crate::limits::FEED_OUTPUT).
     fn resume_lines(&mut self, key: usize, now: Instant) {
         let Self { conns, node, discard, limits, dirty, ready, paused, .. } = self;
         let Some(c) = conns.get_mut(key) else { return };

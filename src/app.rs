@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cli::{self, Action, USAGE};
 use crate::config::{Config, ConfigError, Limits};
-use crate::core::{Node, NodeConfig, PlacesSettings};
+use crate::core::{Node, NodeConfig, WhatsatPolicy};
 use crate::driver::mio::{Endpoints, PlacesTarget, Reactor};
 use crate::logging;
 use crate::places::Endpoint;
@@ -95,7 +95,7 @@ impl Setup {
         node_config.max_line = config.limits.max_line;
         node_config.seed = seed;
         let p = &config.places;
-        node_config.places = PlacesSettings {
+        node_config.whatsat = WhatsatPolicy {
             api: p.api,
             has_key: p.api_key.is_some(),
             timeout: p.timeout,

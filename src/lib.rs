@@ -20,14 +20,13 @@
 //!   +-----+-----------+         +-----------------+
 //!         | uses
 //!   +-----v-----------+  +-------------+
-//!   | proto (parse,   |  | herd        |
-//!   | format, lines)  |  | (locations) |
+//!   | proto (parse,   |  | core::      |
+//!   | format, lines)  |  | locations   |
 //!   +-----------------+  +-------------+
 //! ```
 //!
 //! # Layout
 //! - [`proto`]: the wire format of PROTOCOL.md: framing, parsing, formatting.
-//! - [`herd`]: the table of client locations (newer wins).
 //! - [`core`]: [`core::Node`], one herd member's decisions: replies, flooding, peer links,
 //!   backoff, resync, and the WHATSAT flow (`core/whatsat.rs`: canonical requests, the cache,
 //!   the rate limit, fair turns, throttled warnings).
@@ -48,7 +47,6 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod driver;
-pub mod herd;
 pub mod limits;
 pub mod logging;
 pub mod places;

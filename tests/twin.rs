@@ -345,7 +345,7 @@ fn stop_writes_pending_replies_and_returns_promptly() {
 mod whatsat {
     use super::*;
     use common::{STUB_KEY, Stub, wait_until};
-    use herd::core::PlacesSettings;
+    use herd::core::WhatsatPolicy;
     use serde_json::Value;
 
     /// One WHATSAT reply: the AT line, then the JSON up to the empty line that ends it.
@@ -380,7 +380,7 @@ mod whatsat {
         let stub = Stub::start(&["--delay-ms", "300"]);
         let limits = Limits::default();
         let mut config = NodeConfig::new("Hill", vec![]);
-        config.places = PlacesSettings::new(PlacesApi::New, true);
+        config.whatsat = WhatsatPolicy::new(PlacesApi::New, true);
         let places = PlacesTarget {
             api: PlacesApi::New,
             endpoint: Endpoint::parse(&format!("https://127.0.0.1:{}", stub.port())).expect("endpoint"),

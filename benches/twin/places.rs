@@ -1,227 +1,179 @@
-//! The twin's Places client: the mio driver's `places.rs` on tokio. The same sans-IO pieces
-//! (`write_request`, [`TlsSession`], [`ResponseReader`]) over a `tokio::net::TcpStream`, the same
-//! pool of idle keep-alive connections, the same single retry of a request whose reused
-//! connection died before answering, the same resolution cache. Names are resolved with
-//! `tokio::net::lookup_host` (tokio's blocking pool, never the runtime thread), one lookup at a
-//! time: requests that arrive meanwhile wait for its answer, as the mio driver queues them.
-//! Deadlines are the node's: on `CancelPlaces` the request's task is aborted, which drops its
-//! connection.
+//! The twin's Places side: it moves bytes and events for the same sans-IO
+//! [`Client`](herd::places::client::Client) the mio reactor drives, so pooling, the single retry,
+//! the DNS cache, TLS and response reading are one code; only the sockets are tokio's. Each
+//! connection is a local task that writes what the client has to send and hands it what it
+//! reads; names are resolved with `tokio::net::lookup_host` (tokio's blocking pool, never the
+//! runtime thread). The node's deadline aborts the task waiting in [`Upstream::ask`], which
+//! cancels the request in the client.
 
-use std::cell::{Cell, RefCell};
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
 
 use herd::core::QueryId;
 use herd::driver::mio::PlacesTarget;
-use herd::places::response::{Progress, Response, ResponseReader};
-use herd::places::tls::{TlsConfig, TlsSession};
-use herd::places::{Query, write_request};
+use herd::places::Query;
+use herd::places::client::{Client, ConnId, Event, Failure};
+use herd::places::response::Response;
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::{AbortHandle, spawn_local};
 
-/// Idle keep-alive connections kept for reuse.
-const MAX_IDLE: usize = 8;
-/// How long resolved addresses are used before the name is resolved again.
-const DNS_TTL: Duration = Duration::from_secs(300);
-
-/// One HTTPS connection to Places.
-struct Conn {
-    stream: TcpStream,
-    tls: TlsSession,
-    /// A number for the log.
-    id: u64,
-}
-
-/// Why an exchange failed, and whether any of the answer had arrived (then it is not retried).
-struct Failure {
-    cause: String,
-    answered: bool,
-}
+/// Bytes read from a Places socket per call.
+const PLACES_READ: usize = 16 << 10;
 
 /// All Places connections of one twin.
 pub(super) struct Upstream {
-    settings: PlacesTarget,
-    idle: RefCell<Vec<Conn>>,
-    /// Resolved addresses and until when they are trusted. Held across a lookup, so concurrent
-    /// requests share one.
-    resolved: Mutex<Option<(Vec<SocketAddr>, Instant)>>,
-    next_id: Cell<u64>,
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    client: RefCell<Client>,
+    /// Each open connection's task, and how to wake it when the client has bytes for it.
+    tasks: RefCell<HashMap<ConnId, (AbortHandle, Rc<Notify>)>>,
+    /// Who waits for each request's answer.
+    waiters: RefCell<HashMap<QueryId, oneshot::Sender<Result<Response, Failure>>>>,
 }
 
 impl Upstream {
-    pub(super) fn new(settings: PlacesTarget) -> Self {
-        Self { settings, idle: RefCell::new(Vec::new()), resolved: Mutex::new(None), next_id: Cell::new(0) }
+    pub(super) fn new(target: PlacesTarget) -> Self {
+        let inner = Inner {
+            client: RefCell::new(Client::new(target)),
+            tasks: RefCell::new(HashMap::new()),
+            waiters: RefCell::new(HashMap::new()),
+        };
+        Self { inner: Rc::new(inner) }
     }
 
     /// Asks Places `query` for the node's request `id`; the answer, or why there is none
-    /// (never containing the key).
-    pub(super) async fn ask(&self, id: QueryId, query: &Query) -> Result<Response, String> {
-        let Some(key) = &self.settings.key else { return Err("no Places API key".into()) };
-        let tls = self.settings.tls.as_ref().map_err(Clone::clone)?;
-        let mut request = Vec::with_capacity(512);
-        write_request(&mut request, self.settings.api, &self.settings.endpoint, key, query);
-        let mut retried = false;
-        loop {
-            let (mut conn, reused) = match self.take_idle() {
-                Some(conn) => (conn, true),
-                None => (self.connect(tls).await?, false),
-            };
-            match exchange(&mut conn, &request).await {
-                Ok((response, closed)) => {
-                    log::info!("places p{}: request {} answered HTTP {}", conn.id, id.0, response.status);
-                    let mut idle = self.idle.borrow_mut();
-                    if response.keep_alive && !closed && !conn.tls.is_handshaking() && idle.len() < MAX_IDLE {
-                        idle.push(conn);
-                    }
-                    return Ok(response);
-                }
-                Err(Failure { cause, answered }) => {
-                    if reused && !answered && !retried {
-                        log::info!(
-                            "places p{}: reused connection failed before answering ({cause}); retrying",
-                            conn.id
-                        );
-                        retried = true;
-                        continue;
-                    }
-                    log::info!("places p{}: request {} failed: {cause}", conn.id, id.0);
-                    return Err(cause);
-                }
-            }
-        }
-    }
-
-    /// An idle connection the server has not closed meanwhile, if any. (The mio driver watches
-    /// idle connections; here a closed one is noticed when it is taken: its end of stream or
-    /// close_notify is already waiting in the socket.)
-    fn take_idle(&self) -> Option<Conn> {
-        let mut idle = self.idle.borrow_mut();
-        while let Some(mut conn) = idle.pop() {
-            match conn.tls.read_step(&mut TryIo(&conn.stream), &mut Vec::new()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(conn),
-                _ => log::debug!("places p{}: idle connection closed by the server", conn.id),
-            }
-        }
-        None
-    }
-
-    /// A new connection to the first address that accepts one.
-    async fn connect(&self, tls: &TlsConfig) -> Result<Conn, String> {
-        let endpoint = &self.settings.endpoint;
-        let addrs = self.resolve().await?;
-        let mut last = String::from("no address");
-        for addr in addrs {
-            let id = self.next_id.get();
-            self.next_id.set(id + 1);
-            log::info!("places p{id}: connecting to {addr}");
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    let tls = TlsSession::new(tls, &endpoint.host)?;
-                    return Ok(Conn { stream, tls, id });
-                }
-                Err(e) => last = format!("connect to {addr}: {e}"),
-            }
-        }
-        // Forget the addresses so the next request resolves again.
-        *self.resolved.lock().await = None;
-        Err(last)
-    }
-
-    /// The Places host's addresses: a literal IP as it is, a name from the cache or resolved.
-    async fn resolve(&self) -> Result<Vec<SocketAddr>, String> {
-        let (host, port) = (self.settings.endpoint.host.as_str(), self.settings.endpoint.port);
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(vec![SocketAddr::new(ip, port)]);
-        }
-        let mut resolved = self.resolved.lock().await;
-        if let Some((addrs, until)) = &*resolved
-            && Instant::now() < *until
-        {
-            return Ok(addrs.clone());
-        }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .collect();
-        if addrs.is_empty() {
-            return Err("no addresses".into());
-        }
-        log::info!("places: {host} resolved to {addrs:?}");
-        *resolved = Some((addrs.clone(), Instant::now() + DNS_TTL));
-        Ok(addrs)
+    /// (never containing the key). Dropping the future (the node's deadline aborts its task)
+    /// cancels the request.
+    pub(super) async fn ask(&self, id: QueryId, query: &Query) -> Result<Response, Failure> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.waiters.borrow_mut().insert(id, tx);
+        let guard = Cancel { inner: Rc::clone(&self.inner), id };
+        self.inner.client.borrow_mut().start(Instant::now(), id, query);
+        pump(&self.inner);
+        let result = rx.await.unwrap_or_else(|_| Err(Failure::Io("the twin's Places client stopped".into())));
+        std::mem::forget(guard);
+        result
     }
 }
 
-/// Sends `request` on `conn` and reads the response. `Ok` with whether the server closed the
-/// connection after it.
-async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<(Response, bool), Failure> {
-    let mut answered = false;
-    let fail = |cause: String, answered: bool| Failure { cause, answered };
-    conn.tls.send(request).map_err(|e| fail(format!("TLS: {e}"), false))?;
-    let mut reader = ResponseReader::new();
-    let mut plain = Vec::new();
+/// Cancels request `id` in the client if its [`Upstream::ask`] is dropped before the answer.
+struct Cancel {
+    inner: Rc<Inner>,
+    id: QueryId,
+}
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        self.inner.waiters.borrow_mut().remove(&self.id);
+        self.inner.client.borrow_mut().cancel(self.id);
+        pump(&self.inner);
+    }
+}
+
+/// Carries out the client's events, hands finished requests to their waiters, and wakes every
+/// connection task (one may have bytes to send now).
+fn pump(inner: &Rc<Inner>) {
     loop {
-        // TLS records to send: the handshake, the request.
-        while conn.tls.wants_write() {
-            match conn.tls.write_to(&mut TryIo(&conn.stream)) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.stream.writable().await.map_err(|e| fail(format!("write: {e}"), answered))?;
+        let Some(event) = inner.client.borrow_mut().poll_event() else { break };
+        match event {
+            Event::Resolve { host, port } => {
+                let inner = Rc::clone(inner);
+                spawn_local(async move {
+                    let result = match tokio::net::lookup_host((host.as_str(), port)).await {
+                        Ok(addrs) => Ok(addrs.collect::<Vec<SocketAddr>>()),
+                        Err(e) => Err(format!("cannot resolve {host}: {e}")),
+                    };
+                    inner.client.borrow_mut().handle_resolved(Instant::now(), result);
+                    pump(&inner);
+                });
+            }
+            Event::Connect { conn, addr } => {
+                let notify = Rc::new(Notify::new());
+                let task = spawn_local(serve(Rc::clone(inner), conn, addr, Rc::clone(&notify)));
+                inner.tasks.borrow_mut().insert(conn, (task.abort_handle(), notify));
+            }
+            Event::Close(conn) => {
+                if let Some((task, _)) = inner.tasks.borrow_mut().remove(&conn) {
+                    task.abort();
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(fail(format!("write: {e}"), answered)),
             }
         }
-        plain.clear();
-        let closed = match conn.tls.read_step(&mut TryIo(&conn.stream), &mut plain) {
-            Ok(closed) => closed,
+    }
+    loop {
+        let Some((id, result)) = inner.client.borrow_mut().poll_done() else { break };
+        if let Some(tx) = inner.waiters.borrow_mut().remove(&id) {
+            let _ = tx.send(result);
+        }
+    }
+    for (_, notify) in inner.tasks.borrow().values() {
+        notify.notify_one();
+    }
+}
+
+/// One Places connection: connects, then writes what the client has to send and hands it what
+/// the socket reads, until the client closes it (which aborts this task).
+async fn serve(inner: Rc<Inner>, conn: ConnId, addr: SocketAddr, notify: Rc<Notify>) {
+    let stream = match TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            let failure = Failure::Connect(format!("connect to {addr}: {e}"));
+            inner.client.borrow_mut().handle_failed(Instant::now(), conn, failure);
+            return pump(&inner);
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    inner.client.borrow_mut().handle_connected(conn);
+    let mut buf = vec![0u8; PLACES_READ];
+    loop {
+        if let Err(failure) = write(&inner, &stream, conn).await {
+            inner.client.borrow_mut().handle_failed(Instant::now(), conn, failure);
+            return pump(&inner);
+        }
+        tokio::select! {
+            ready = stream.readable() => {
+                let now = Instant::now();
+                let read = ready.and_then(|()| stream.try_read(&mut buf));
+                let mut client = inner.client.borrow_mut();
+                match read {
+                    Ok(0) => client.handle_eof(now, conn),
+                    Ok(n) => client.handle_data(now, conn, &buf[..n]),
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+                    Err(e) => client.handle_failed(now, conn, Failure::Io(e.to_string())),
+                }
+                drop(client);
+                pump(&inner);
+                if !inner.client.borrow().is_open(conn) {
+                    return;
+                }
+            }
+            () = notify.notified() => {}
+        }
+    }
+}
+
+/// Writes what the client has for `conn` until it has nothing more or the socket would block
+/// (then waits for it to be writable).
+async fn write(inner: &Rc<Inner>, stream: &TcpStream, conn: ConnId) -> Result<(), Failure> {
+    loop {
+        let data = inner.client.borrow_mut().transmit(conn).to_vec();
+        if data.is_empty() {
+            return Ok(());
+        }
+        match stream.try_write(&data) {
+            Ok(0) => return Err(Failure::Io("write: write returned 0".into())),
+            Ok(n) => inner.client.borrow_mut().handle_sent(conn, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                conn.stream.readable().await.map_err(|e| fail(e.to_string(), answered))?;
-                continue;
+                stream.writable().await.map_err(|e| Failure::Io(format!("write: {e}")))?;
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(fail(e.to_string(), answered)),
-        };
-        if !plain.is_empty() {
-            answered = true;
-            match reader.feed(&plain) {
-                Ok(Progress::Partial) => {}
-                Ok(Progress::Done(response)) => return Ok((response, closed)),
-                Err(e) => return Err(fail(e.to_string(), answered)),
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Failure::Io(format!("write: {e}"))),
         }
-        if closed {
-            return match reader.finish() {
-                Ok(response) => Ok((response, true)),
-                Err(e) => Err(fail(e.to_string(), answered)),
-            };
-        }
-    }
-}
-
-/// A tokio socket as the blocking `Read`/`Write` that rustls expects: each call is one
-/// non-blocking attempt, `WouldBlock` when the socket is not ready (tokio then clears its
-/// readiness, so the next `readable()`/`writable()` waits for the kernel).
-struct TryIo<'a>(&'a TcpStream);
-
-impl Read for TryIo<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
-    }
-}
-
-impl Write for TryIo<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }

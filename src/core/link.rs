@@ -1,10 +1,14 @@
-//! One neighbour: its link's lifecycle, its output queue, and its resync cursor.
+//! The links to the neighbours: each one's lifecycle, output queue and resync cursor
+//! ([`Peer`]), and [`Links`], which owns them all with the rules they share (backoff, the stall
+//! limit, flooding), so the node hands a line to the links once rather than threading its
+//! configuration, random source and outputs through free functions.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::NodeConfig;
+use super::locations::Locations;
 use super::rng::Rng;
-use crate::herd::Locations;
+use super::{NodeConfig, Output, PeerId, Stats};
 
 /// The lifecycle of the outbound link to one neighbour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,13 +76,13 @@ impl Peer {
     /// Drops the link and everything queued on it, and schedules a redial with exponential
     /// backoff and jitter. A link that stayed up for longer than the cap counts as healthy and
     /// resets the backoff; one that dies at once (a peer that accepts and closes) does not.
-    pub(crate) fn go_down(&mut self, now: Instant, config: &NodeConfig, rng: &mut Rng) {
+    fn go_down(&mut self, now: Instant, config: &Backoff, rng: &mut Rng) {
         if let LinkState::Up { since } = self.state
-            && now.saturating_duration_since(since) >= config.backoff_cap
+            && now.saturating_duration_since(since) >= config.cap
         {
             self.failures = 0;
         }
-        let full = config.backoff_base.saturating_mul(1u32 << self.failures.min(16)).min(config.backoff_cap);
+        let full = config.base.saturating_mul(1u32 << self.failures.min(16)).min(config.cap);
         let full_ns = full.as_nanos() as u64;
         let delay = Duration::from_nanos(rng.between(full_ns / 2, full_ns));
         self.failures = self.failures.saturating_add(1);
@@ -134,6 +138,168 @@ impl Peer {
         self.sync = (next < table.len()).then_some(next);
         if self.sync.is_none() {
             log::info!("resync to {} complete", self.name);
+        }
+    }
+}
+
+/// Bytes of resync queued per neighbour before waiting for the socket to take them: keeps a
+/// resync of a million records from landing in memory at once.
+pub(crate) const SYNC_WATERMARK: usize = 64 << 10;
+
+/// The redial schedule: exponential from `base`, capped at `cap`, with jitter.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    base: Duration,
+    cap: Duration,
+}
+
+/// Every neighbour's link, and the rules they share.
+#[derive(Debug)]
+pub(crate) struct Links {
+    peers: Vec<Peer>,
+    rng: Rng,
+    backoff: Backoff,
+    connect_timeout: Duration,
+    sync_on_connect: bool,
+    /// `peer_output_limit`, for the log.
+    output_limit: usize,
+    /// What a refusing link may hold; see [`stall_limit`].
+    stall_limit: usize,
+}
+
+/// The queue a refusing link may hold: `peer_output_limit`, but never less than what a resync
+/// queues by itself (a chunk topped up to the watermark, plus one record), or a resync to a
+/// slow reader would cut its own link whatever the neighbour does.
+pub(crate) fn stall_limit(config: &NodeConfig) -> usize {
+    config.peer_output_limit.max(SYNC_WATERMARK + config.max_line + 1)
+}
+
+impl Links {
+    /// Every link down and due to be dialled at `now`.
+    pub(crate) fn new(config: &NodeConfig, now: Instant) -> Self {
+        Self {
+            peers: config.neighbours.iter().map(|n| Peer::new(n.clone(), now)).collect(),
+            rng: Rng::new(config.seed),
+            backoff: Backoff { base: config.backoff_base, cap: config.backoff_cap },
+            connect_timeout: config.connect_timeout,
+            sync_on_connect: config.sync_on_connect,
+            output_limit: config.peer_output_limit,
+            stall_limit: stall_limit(config),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub(crate) fn peer(&self, peer: PeerId) -> &Peer {
+        &self.peers[peer.0]
+    }
+
+    /// Queues `line` for every neighbour whose link is up. That includes the one it came from
+    /// and the origin server named in it: plain AT lines on anonymous inbound connections do not
+    /// say which neighbour sent them, and PROTOCOL.md floods to all other neighbours, so a copy
+    /// coming back is dropped there as not newer. A neighbour whose socket refuses bytes and
+    /// whose queue would pass the limit is dropped: it is redialled and resynced rather than
+    /// allowed to grow our memory.
+    pub(crate) fn flood(
+        &mut self,
+        now: Instant,
+        line: &[u8],
+        outputs: &mut VecDeque<Output>,
+        stats: &mut Stats,
+    ) {
+        for i in 0..self.peers.len() {
+            let p = &mut self.peers[i];
+            if !matches!(p.state, LinkState::Up { .. }) {
+                continue;
+            }
+            if p.refused && p.queued() + line.len() + 1 > self.stall_limit {
+                self.drop_stalled(now, PeerId(i), outputs);
+                continue;
+            }
+            log::info!("{} > {}", p.name, line.escape_ascii());
+            p.push_line(line);
+            stats.flooded += 1;
+        }
+    }
+
+    fn drop_stalled(&mut self, now: Instant, id: PeerId, outputs: &mut VecDeque<Output>) {
+        let p = &mut self.peers[id.0];
+        log::warn!("link to {} down: output limit of {} bytes reached", p.name, self.output_limit);
+        p.go_down(now, &self.backoff, &mut self.rng);
+        outputs.push_back(Output::Disconnect(id));
+    }
+
+    /// The dial of `peer` succeeded: up, and a resync begins if configured.
+    pub(crate) fn up(&mut self, now: Instant, peer: PeerId, table: &Locations) {
+        let p = &mut self.peers[peer.0];
+        if !matches!(p.state, LinkState::Connecting { .. }) {
+            return;
+        }
+        p.set_state(LinkState::Up { since: now });
+        if self.sync_on_connect && !table.is_empty() {
+            log::info!("resync to {}: {} records", p.name, table.len());
+            p.sync = Some(0);
+            p.refill(table, SYNC_WATERMARK);
+        }
+    }
+
+    /// The link to `peer` failed or closed; it will be redialled after a backoff.
+    pub(crate) fn down(&mut self, now: Instant, peer: PeerId, reason: &str) {
+        let p = &mut self.peers[peer.0];
+        if matches!(p.state, LinkState::Down { .. }) {
+            return;
+        }
+        log::info!("link to {} down: {reason}", p.name);
+        p.go_down(now, &self.backoff, &mut self.rng);
+    }
+
+    /// Dials links whose backoff ended, abandons dials that took too long.
+    pub(crate) fn handle_timeout(&mut self, now: Instant, outputs: &mut VecDeque<Output>) {
+        for (i, p) in self.peers.iter_mut().enumerate() {
+            match p.state {
+                LinkState::Down { retry_at } if retry_at <= now => {
+                    p.set_state(LinkState::Connecting { deadline: now + self.connect_timeout });
+                    outputs.push_back(Output::Dial(PeerId(i)));
+                }
+                LinkState::Connecting { deadline } if deadline <= now => {
+                    log::info!("link to {} down: connect timed out", p.name);
+                    p.go_down(now, &self.backoff, &mut self.rng);
+                    outputs.push_back(Output::Disconnect(PeerId(i)));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next redial or dial deadline.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.peers
+            .iter()
+            .filter_map(|p| match p.state {
+                LinkState::Down { retry_at } => Some(retry_at),
+                LinkState::Connecting { deadline } => Some(deadline),
+                LinkState::Up { .. } => None,
+            })
+            .min()
+    }
+
+    /// The driver wrote `n` bytes of `peer`'s queue.
+    pub(crate) fn sent(&mut self, peer: PeerId, n: usize, table: &Locations) {
+        self.peers[peer.0].consume(n, table, SYNC_WATERMARK);
+    }
+
+    /// The driver's write to `peer`'s link would block with bytes left: from now until the
+    /// socket takes everything, the queue counts against the stall limit.
+    pub(crate) fn blocked(&mut self, now: Instant, peer: PeerId, outputs: &mut VecDeque<Output>) {
+        let p = &mut self.peers[peer.0];
+        if !matches!(p.state, LinkState::Up { .. }) {
+            return;
+        }
+        p.refused = true;
+        if p.queued() > self.stall_limit {
+            self.drop_stalled(now, peer, outputs);
         }
     }
 }

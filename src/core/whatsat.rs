@@ -25,8 +25,9 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use super::{ConnId, Output, PlacesSettings, QueryId, Stats};
+use super::{ConnId, Output, WhatsatPolicy, QueryId, Stats};
 use crate::config::PlacesApi;
+use crate::places::client::Failure;
 use crate::places::response::Response;
 use crate::places::{self, Query, convert};
 use crate::proto;
@@ -319,7 +320,7 @@ pub(super) enum Asked {
 /// The WHATSAT flow of one node.
 #[derive(Debug)]
 pub(super) struct Whatsat {
-    settings: PlacesSettings,
+    settings: WhatsatPolicy,
     in_flight: Vec<(QueryId, Request)>,
     queue: VecDeque<Request>,
     cache: Cache,
@@ -329,7 +330,7 @@ pub(super) struct Whatsat {
 }
 
 impl Whatsat {
-    pub(super) fn new(settings: PlacesSettings) -> Self {
+    pub(super) fn new(settings: WhatsatPolicy) -> Self {
         Self {
             cache: Cache::new(settings.cache_ttl, settings.cache_bytes),
             rate: RateLimit::new(settings.rate_limit, settings.rate_burst),
@@ -341,7 +342,7 @@ impl Whatsat {
         }
     }
 
-    pub(super) fn settings(&self) -> &PlacesSettings {
+    pub(super) fn settings(&self) -> &WhatsatPolicy {
         &self.settings
     }
 
@@ -430,7 +431,7 @@ impl Whatsat {
         &mut self,
         now: Instant,
         id: QueryId,
-        result: Result<Response, String>,
+        result: Result<Response, Failure>,
         out: &mut Outputs<'_>,
     ) {
         // Absent: already answered with `?` when its deadline passed.
@@ -446,7 +447,7 @@ impl Whatsat {
         now: Instant,
         id: QueryId,
         request: Request,
-        result: Result<Response, String>,
+        result: Result<Response, Failure>,
         out: &mut Outputs<'_>,
     ) {
         let response = match result {

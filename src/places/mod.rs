@@ -2,6 +2,7 @@
 //! the answer into the legacy Nearby Search JSON that WHATSAT returns. The reactor moves the
 //! bytes; only the TLS module names rustls types.
 
+pub mod client;
 pub mod convert;
 pub mod response;
 pub mod tls;

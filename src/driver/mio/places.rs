@@ -1,182 +1,145 @@
-//! The Places side of the reactor: HTTPS connections driven by the same loop as the clients.
-//!
-//! Each connection is a state machine (`Connecting`, then `Open` carrying at most one request);
-//! idle ones are kept in a small pool and reused. Host names are resolved on a helper thread that
-//! wakes the loop through a `mio::Waker`, never on the loop. Deadlines are the node's: it says
-//! [`Output::CancelPlaces`](crate::core::Output::CancelPlaces) and the connection is dropped.
+//! The Places side of the reactor: it moves bytes and events for the sans-IO
+//! [`Client`](crate::places::client::Client), which makes every decision (pool, retry, DNS
+//! cache, TLS, response reading). Here: non-blocking sockets registered with the loop's
+//! `Poll`, readiness bits kept per socket, and name resolution on a helper thread that wakes the
+//! loop through a `mio::Waker`, never on the loop. Deadlines are the node's: it says
+//! [`Output::CancelPlaces`](crate::core::Output::CancelPlaces) and the client drops the
+//! connection.
 
-use std::collections::VecDeque;
-use std::io;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token, Waker};
-use slab::Slab;
 
-use crate::config::{PlacesApi, Secret};
 use crate::core::QueryId;
-use crate::places::response::{Progress, Response, ResponseReader};
-use crate::places::tls::{TlsConfig, TlsSession};
-use crate::places::{Endpoint, Query, write_request};
+use crate::places::Query;
+use crate::places::client::{Client, ConnId, Event, Failure, Target};
+use crate::places::response::Response;
 
-/// Tokens at and above this name Places connections (slab key + base); client keys never get
-/// this far.
+/// Where and how to ask Places (the name the reactor's callers know it by).
+pub use crate::places::client::Target as Settings;
+
+/// Tokens at and above this name Places connections (connection number + base); client keys
+/// never get this far.
 pub(super) const PLACES_BASE: usize = 1 << 40;
-/// Idle keep-alive connections kept for reuse.
-const MAX_IDLE: usize = 8;
-/// How long resolved addresses are used before the name is resolved again.
-const DNS_TTL: Duration = Duration::from_secs(300);
 
-/// Where and how to ask Places.
-pub struct Settings {
-    /// Which API, and so which request.
-    pub api: PlacesApi,
-    /// Where.
-    pub endpoint: Endpoint,
-    /// The key, if any.
-    pub key: Option<Secret>,
-    /// The trust settings, or why they could not be built (then every request fails with it).
-    pub tls: Result<TlsConfig, String>,
-}
+/// Bytes read from a Places socket per call.
+const PLACES_READ: usize = 16 << 10;
 
-enum Resolve {
-    /// Nothing known; resolve on the next request.
-    Unknown,
-    /// A helper thread is resolving.
-    Pending,
-    /// Addresses, and when they stop being trusted.
-    Known { addrs: Vec<SocketAddr>, until: Option<Instant> },
-}
-
-/// A request on its way.
-struct Request {
-    id: QueryId,
-    bytes: Vec<u8>,
-    /// Already retried once after a reused connection died before answering.
-    retried: bool,
-}
-
-struct Exchange {
-    request: Request,
-    reader: ResponseReader,
-    /// Some response bytes arrived: the request cannot be retried any more.
-    answered: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Connecting,
-    Open,
-}
-
-struct Conn {
+/// One Places socket and its readiness.
+struct Socket {
     stream: TcpStream,
-    tls: TlsSession,
-    phase: Phase,
-    exchange: Option<Exchange>,
+    /// The non-blocking connect has not finished yet.
+    connecting: bool,
     readable: bool,
     writable: bool,
-    /// Has served a request before this one.
-    reused: bool,
-    /// A number for the log.
-    id: u64,
 }
 
-/// All Places connections.
+/// All Places sockets of the reactor.
 pub(super) struct Upstream {
-    settings: Settings,
-    conns: Slab<Conn>,
-    idle: Vec<usize>,
-    /// Requests waiting for the host name to resolve.
-    waiting: VecDeque<Request>,
-    resolve: Resolve,
+    client: Client,
+    sockets: HashMap<ConnId, Socket>,
     tx: mpsc::Sender<Result<Vec<SocketAddr>, String>>,
     rx: mpsc::Receiver<Result<Vec<SocketAddr>, String>>,
     waker: Arc<Waker>,
-    /// Finished requests, for the reactor to hand to the node.
-    done: Vec<(QueryId, Result<Response, String>)>,
-    next_id: u64,
+    scratch: Box<[u8]>,
 }
 
 impl Upstream {
-    pub(super) fn new(settings: Settings, waker: Arc<Waker>) -> Self {
+    pub(super) fn new(target: Target, waker: Arc<Waker>) -> Self {
         let (tx, rx) = mpsc::channel();
-        let resolve = match settings.endpoint.host.parse::<IpAddr>() {
-            Ok(ip) => {
-                Resolve::Known { addrs: vec![SocketAddr::new(ip, settings.endpoint.port)], until: None }
-            }
-            Err(_) => Resolve::Unknown,
-        };
         Self {
-            settings,
-            conns: Slab::new(),
-            idle: Vec::new(),
-            waiting: VecDeque::new(),
-            resolve,
+            client: Client::new(target),
+            sockets: HashMap::new(),
             tx,
             rx,
             waker,
-            done: Vec::new(),
-            next_id: 0,
+            scratch: vec![0; PLACES_READ].into_boxed_slice(),
         }
     }
 
     /// Finished requests since the last call.
-    pub(super) fn take_done(&mut self) -> Vec<(QueryId, Result<Response, String>)> {
-        std::mem::take(&mut self.done)
+    pub(super) fn take_done(&mut self) -> Vec<(QueryId, Result<Response, Failure>)> {
+        std::iter::from_fn(|| self.client.poll_done()).collect()
     }
 
     /// Starts request `id`.
     pub(super) fn start(&mut self, registry: &Registry, now: Instant, id: QueryId, query: &Query) {
-        let Some(key) = &self.settings.key else {
-            self.done.push((id, Err("no Places API key".into())));
-            return;
+        self.client.start(now, id, query);
+        self.pump(registry, now);
+    }
+
+    /// The node gave up on `id`.
+    pub(super) fn cancel(&mut self, registry: &Registry, id: QueryId) {
+        self.client.cancel(id);
+        self.pump(registry, Instant::now());
+    }
+
+    /// The waker fired: name resolution finished.
+    pub(super) fn on_wake(&mut self, registry: &Registry, now: Instant) {
+        while let Ok(result) = self.rx.try_recv() {
+            self.client.handle_resolved(now, result);
+        }
+        self.pump(registry, now);
+    }
+
+    /// Readiness for the Places socket with this token.
+    pub(super) fn on_event(&mut self, registry: &Registry, token: Token, readable: bool, writable: bool) {
+        let conn = (token.0 - PLACES_BASE) as ConnId;
+        let Some(s) = self.sockets.get_mut(&conn) else { return };
+        s.readable |= readable;
+        s.writable |= writable;
+        let now = Instant::now();
+        self.drive(now, conn);
+        self.pump(registry, now);
+    }
+
+    /// Carries out the client's events, then writes what every writable socket has to send,
+    /// until neither gives anything more to do.
+    fn pump(&mut self, registry: &Registry, now: Instant) {
+        loop {
+            let mut acted = false;
+            while let Some(event) = self.client.poll_event() {
+                acted = true;
+                match event {
+                    Event::Resolve { host, port } => self.resolve_in_background(host, port),
+                    Event::Connect { conn, addr } => self.connect(registry, now, conn, addr),
+                    Event::Close(conn) => {
+                        if let Some(mut s) = self.sockets.remove(&conn) {
+                            let _ = registry.deregister(&mut s.stream);
+                        }
+                    }
+                }
+            }
+            let writable: Vec<ConnId> =
+                self.sockets.iter().filter(|(_, s)| s.writable && !s.connecting).map(|(&c, _)| c).collect();
+            for conn in writable {
+                acted |= self.write(now, conn);
+            }
+            if !acted {
+                return;
+            }
+        }
+    }
+
+    fn connect(&mut self, registry: &Registry, now: Instant, conn: ConnId, addr: SocketAddr) {
+        let mut stream = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => return self.client.handle_failed(now, conn, Failure::Connect(format!("connect to {addr}: {e}"))),
         };
-        if let Err(e) = &self.settings.tls {
-            self.done.push((id, Err(e.clone())));
-            return;
+        let token = Token(PLACES_BASE + conn as usize);
+        if let Err(e) = registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
+            return self.client.handle_failed(now, conn, Failure::Connect(format!("register: {e}")));
         }
-        let mut bytes = Vec::with_capacity(512);
-        write_request(&mut bytes, self.settings.api, &self.settings.endpoint, key, query);
-        self.dispatch(registry, now, Request { id, bytes, retried: false });
+        self.sockets.insert(conn, Socket { stream, connecting: true, readable: false, writable: false });
     }
 
-    /// Sends a request on an idle connection, a new one, or queues it behind name resolution.
-    fn dispatch(&mut self, registry: &Registry, now: Instant, request: Request) {
-        while let Some(key) = self.idle.pop() {
-            let Some(c) = self.conns.get_mut(key) else { continue };
-            if c.exchange.is_some() || c.phase != Phase::Open {
-                continue;
-            }
-            if let Err(e) = c.tls.send(&request.bytes) {
-                log::debug!("places p{}: reuse failed: {e}", c.id);
-                self.close(registry, key);
-                continue;
-            }
-            c.reused = true;
-            c.exchange = Some(Exchange { request, reader: ResponseReader::new(), answered: false });
-            self.drive(registry, key);
-            return;
-        }
-        match &self.resolve {
-            Resolve::Known { addrs, until } if until.is_none_or(|u| now < u) => {
-                let addrs = addrs.clone();
-                self.connect(registry, &addrs, request);
-            }
-            Resolve::Pending => self.waiting.push_back(request),
-            Resolve::Known { .. } | Resolve::Unknown => {
-                self.waiting.push_back(request);
-                self.resolve_in_background();
-            }
-        }
-    }
-
-    fn resolve_in_background(&mut self) {
-        self.resolve = Resolve::Pending;
-        let (host, port) = (self.settings.endpoint.host.clone(), self.settings.endpoint.port);
+    fn resolve_in_background(&mut self, host: String, port: u16) {
         let (tx, waker) = (self.tx.clone(), Arc::clone(&self.waker));
         let spawned = std::thread::Builder::new().name("places-dns".into()).spawn(move || {
             let result = (host.as_str(), port)
@@ -193,219 +156,72 @@ impl Upstream {
         }
     }
 
-    /// The waker fired: name resolution finished.
-    pub(super) fn on_wake(&mut self, registry: &Registry, now: Instant) {
-        while let Ok(result) = self.rx.try_recv() {
-            match result {
-                Ok(addrs) if !addrs.is_empty() => {
-                    log::info!("places: {} resolved to {addrs:?}", self.settings.endpoint.host);
-                    self.resolve = Resolve::Known { addrs: addrs.clone(), until: Some(now + DNS_TTL) };
-                    for request in std::mem::take(&mut self.waiting) {
-                        self.connect(registry, &addrs, request);
-                    }
-                }
-                other => {
-                    let cause = other.err().unwrap_or_else(|| "no addresses".into());
-                    self.resolve = Resolve::Unknown;
-                    for request in std::mem::take(&mut self.waiting) {
-                        self.done.push((request.id, Err(cause.clone())));
-                    }
-                }
-            }
-        }
-    }
-
-    fn connect(&mut self, registry: &Registry, addrs: &[SocketAddr], request: Request) {
-        let Ok(tls) = &self.settings.tls else { return };
-        let mut last = String::from("no address");
-        for &addr in addrs {
-            let mut stream = match TcpStream::connect(addr) {
-                Ok(s) => s,
-                Err(e) => {
-                    last = format!("connect to {addr}: {e}");
-                    continue;
-                }
-            };
-            let mut session = match TlsSession::new(tls, &self.settings.endpoint.host) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.done.push((request.id, Err(e)));
-                    return;
-                }
-            };
-            if let Err(e) = session.send(&request.bytes) {
-                self.done.push((request.id, Err(format!("TLS: {e}"))));
+    /// Moves one socket as far as its readiness allows: finishes its connect, reads it dry.
+    fn drive(&mut self, now: Instant, conn: ConnId) {
+        let Some(s) = self.sockets.get_mut(&conn) else { return };
+        if s.connecting {
+            if !s.writable {
                 return;
             }
-            let entry = self.conns.vacant_entry();
-            if let Err(e) = registry.register(
-                &mut stream,
-                Token(PLACES_BASE + entry.key()),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                last = format!("register: {e}");
-                continue;
-            }
-            let id = self.next_id;
-            self.next_id += 1;
-            log::info!("places p{id}: connecting to {addr}");
-            entry.insert(Conn {
-                stream,
-                tls: session,
-                phase: Phase::Connecting,
-                exchange: Some(Exchange { request, reader: ResponseReader::new(), answered: false }),
-                readable: false,
-                writable: false,
-                reused: false,
-                id,
-            });
-            return;
-        }
-        // Forget resolved (not literal) addresses so the next request resolves again.
-        if matches!(self.resolve, Resolve::Known { until: Some(_), .. }) {
-            self.resolve = Resolve::Unknown;
-        }
-        self.done.push((request.id, Err(last)));
-    }
-
-    /// Readiness for the Places connection with this token.
-    pub(super) fn on_event(&mut self, registry: &Registry, token: Token, readable: bool, writable: bool) {
-        let key = token.0 - PLACES_BASE;
-        let Some(c) = self.conns.get_mut(key) else { return };
-        c.readable |= readable;
-        c.writable |= writable;
-        self.drive(registry, key);
-    }
-
-    /// Moves one connection as far as its readiness allows.
-    fn drive(&mut self, registry: &Registry, key: usize) {
-        let Some(c) = self.conns.get_mut(key) else { return };
-        if c.phase == Phase::Connecting {
-            if !c.writable {
-                return;
-            }
-            match c.stream.take_error() {
-                Ok(None) => {}
-                Ok(Some(e)) | Err(e) => return self.fail(registry, key, format!("connect: {e}")),
-            }
-            match c.stream.peer_addr() {
-                Ok(_) => c.phase = Phase::Open,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                    c.writable = false;
-                    return;
-                }
-                Err(e) => return self.fail(registry, key, format!("connect: {e}")),
-            }
-        }
-        // Plaintext is handed to the response reader after every batch of TLS records, so an
-        // answer of any size is read and the reader's limits apply as the bytes arrive.
-        let mut plain = Vec::new();
-        while c.readable {
-            plain.clear();
-            let closed = match c.tls.read_step(&mut c.stream, &mut plain) {
-                Ok(closed) => closed,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.readable = false;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.fail(registry, key, e.to_string()),
+            // mio's documented way to finish a non-blocking connect: a writable event, then
+            // `take_error`, then `peer_addr` (NotConnected means not yet).
+            let failed = match s.stream.take_error() {
+                Ok(Some(e)) | Err(e) => Some(e),
+                Ok(None) => match s.stream.peer_addr() {
+                    Ok(_) => None,
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                        s.writable = false;
+                        return;
+                    }
+                    Err(e) => Some(e),
+                },
             };
-            if closed {
-                c.readable = false;
+            if let Some(e) = failed {
+                return self.client.handle_failed(now, conn, Failure::Connect(format!("connect: {e}")));
             }
-            let Some(ex) = c.exchange.as_mut() else {
-                if !plain.is_empty() || closed {
-                    log::debug!("places p{}: idle connection closed by the server", c.id);
-                    self.close(registry, key);
-                    return;
-                }
-                continue;
-            };
-            if !plain.is_empty() {
-                ex.answered = true;
-                match ex.reader.feed(&plain) {
-                    Ok(Progress::Partial) => {}
-                    Ok(Progress::Done(response)) => return self.finish(registry, key, response, closed),
-                    Err(e) => return self.fail(registry, key, e.to_string()),
-                }
-            }
-            if closed {
-                return match ex.reader.finish() {
-                    Ok(response) => self.finish(registry, key, response, true),
-                    Err(e) => self.fail(registry, key, e.to_string()),
-                };
-            }
+            s.connecting = false;
+            self.client.handle_connected(conn);
         }
-        if c.exchange.is_none() {
-            return;
-        }
-        while c.writable && c.tls.wants_write() {
-            match c.tls.write_to(&mut c.stream) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
+        while s.readable && self.client.is_open(conn) {
+            match s.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    s.readable = false;
+                    self.client.handle_eof(now, conn);
+                }
+                Ok(n) => self.client.handle_data(now, conn, &self.scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.fail(registry, key, format!("write: {e}")),
+                Err(e) => return self.client.handle_failed(now, conn, Failure::Io(e.to_string())),
             }
         }
     }
 
-    fn finish(&mut self, registry: &Registry, key: usize, response: Response, closed: bool) {
-        let Some(c) = self.conns.get_mut(key) else { return };
-        let Some(ex) = c.exchange.take() else { return };
-        log::info!("places p{}: request {} answered HTTP {}", c.id, ex.request.id.0, response.status);
-        let reusable = response.keep_alive && !closed && !c.tls.is_handshaking();
-        self.done.push((ex.request.id, Ok(response)));
-        if reusable && self.idle.len() < MAX_IDLE {
-            self.idle.push(key);
-            // Records may wait behind the answer (a close_notify, say): edge-triggered readiness
-            // will not report them again, so read on as an idle connection does.
-            self.drive(registry, key);
-        } else {
-            self.close(registry, key);
+    /// Writes what connection `conn` has to send; whether anything was written or failed.
+    fn write(&mut self, now: Instant, conn: ConnId) -> bool {
+        let Some(s) = self.sockets.get_mut(&conn) else { return false };
+        let mut acted = false;
+        while s.writable {
+            let data = self.client.transmit(conn);
+            if data.is_empty() {
+                break;
+            }
+            match s.stream.write(data) {
+                Ok(0) => {
+                    self.client.handle_failed(now, conn, Failure::Io("write: write returned 0".into()));
+                    return true;
+                }
+                Ok(n) => {
+                    self.client.handle_sent(conn, n);
+                    acted = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.client.handle_failed(now, conn, Failure::Io(format!("write: {e}")));
+                    return true;
+                }
+            }
         }
-    }
-
-    /// The connection failed: its request is retried once if it was a reused connection that
-    /// died before answering (the server closed it while idle), and fails otherwise.
-    fn fail(&mut self, registry: &Registry, key: usize, cause: String) {
-        let Some(c) = self.conns.get_mut(key) else { return };
-        let id = c.id;
-        let reused = c.reused;
-        let exchange = c.exchange.take();
-        self.close(registry, key);
-        let Some(ex) = exchange else {
-            log::debug!("places p{id}: idle connection failed: {cause}");
-            return;
-        };
-        if reused && !ex.answered && !ex.request.retried {
-            log::info!("places p{id}: reused connection failed before answering ({cause}); retrying");
-            let request = Request { retried: true, ..ex.request };
-            self.dispatch(registry, Instant::now(), request);
-            return;
-        }
-        log::info!("places p{id}: request {} failed: {cause}", ex.request.id.0);
-        self.done.push((ex.request.id, Err(cause)));
-    }
-
-    /// The node gave up on `id`: drop its connection (or its place in the queue).
-    pub(super) fn cancel(&mut self, registry: &Registry, id: QueryId) {
-        self.waiting.retain(|r| r.id != id);
-        let key = self
-            .conns
-            .iter()
-            .find(|(_, c)| c.exchange.as_ref().is_some_and(|e| e.request.id == id))
-            .map(|(k, _)| k);
-        if let Some(key) = key {
-            log::info!("places p{}: request {} cancelled", self.conns[key].id, id.0);
-            self.close(registry, key);
-        }
-    }
-
-    fn close(&mut self, registry: &Registry, key: usize) {
-        if let Some(mut c) = self.conns.try_remove(key) {
-            let _ = registry.deregister(&mut c.stream);
-        }
-        self.idle.retain(|&k| k != key);
+        acted
     }
 }

@@ -1,4 +1,4 @@
-# Helpers shared by start_all.sh and stop_all.sh. Sourced, not run.
+# Helpers shared by start_all.sh, stop_all.sh and study/compare.sh. Sourced, not run.
 # shellcheck shell=bash
 #
 # Only bash and coreutils are required. /proc, ps, ss and timeout are used when present, so the

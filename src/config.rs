@@ -292,165 +292,16 @@ impl Config {
     }
 
     /// Parses and validates YAML text. `env_key`, if given, overrides any key in the text.
+    ///
+    /// Each section is checked by its own function, in this order (the first mistake is the one
+    /// reported): servers, places, logging, limits.
     pub fn parse(text: &str, env_key: Option<String>) -> Result<Self, ConfigError> {
         let raw: RawConfig =
             serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(PathBuf::new(), e.to_string()))?;
-        if raw.ports.is_empty() {
-            return Err(ConfigError::NoServers);
-        }
-        let names: Vec<&String> = raw.ports.keys().collect();
-        let index = |n: &str| names.iter().position(|m| *m == n);
-        for (section, keys) in
-            [("neighbors", raw.neighbors.keys().collect::<Vec<_>>()), ("hosts", raw.hosts.keys().collect())]
-        {
-            if let Some(k) = keys.into_iter().find(|k| index(k).is_none()) {
-                return Err(ConfigError::NotAServer { section, name: k.clone() });
-            }
-        }
-
-        let mut servers = Vec::new();
-        for (name, &port) in &raw.ports {
-            if port == 0 {
-                return Err(ConfigError::ZeroPort(name.clone()));
-            }
-            let ip = match raw.hosts.get(name) {
-                None => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                Some(h) if h == "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                Some(h) => h
-                    .parse()
-                    .map_err(|_| ConfigError::BadAddress { server: name.clone(), value: h.clone() })?,
-            };
-            servers.push(Server {
-                name: name.clone(),
-                addr: SocketAddr::new(ip, port),
-                neighbours: Vec::new(),
-            });
-        }
-        for (i, a) in servers.iter().enumerate() {
-            if let Some(b) = servers[..i].iter().find(|b| b.addr.port() == a.addr.port() && same_host(a, b)) {
-                return Err(ConfigError::DuplicatePort {
-                    port: a.addr.port(),
-                    first: b.name.clone(),
-                    second: a.name.clone(),
-                });
-            }
-        }
-        for (server, list) in &raw.neighbors {
-            let s = index(server).unwrap_or_default();
-            for neighbour in list {
-                let n = index(neighbour).ok_or_else(|| ConfigError::UnknownNeighbour {
-                    server: server.clone(),
-                    neighbour: neighbour.clone(),
-                })?;
-                if n == s {
-                    return Err(ConfigError::SelfNeighbour(server.clone()));
-                }
-                // "Talks with" works both ways.
-                for (x, y) in [(s, n), (n, s)] {
-                    if !servers[x].neighbours.contains(&y) {
-                        servers[x].neighbours.push(y);
-                    }
-                }
-            }
-        }
-        // Order by port, the order of PROTOCOL.md's table; neighbour indices follow.
-        let mut order: Vec<usize> = (0..servers.len()).collect();
-        order.sort_by_key(|&i| servers[i].addr.port());
-        let mut new_index = vec![0; servers.len()];
-        for (new, &old) in order.iter().enumerate() {
-            new_index[old] = new;
-        }
-        let mut servers: Vec<Server> = order.iter().map(|&i| servers[i].clone()).collect();
-        for s in &mut servers {
-            for n in &mut s.neighbours {
-                *n = new_index[*n];
-            }
-            s.neighbours.sort_unstable();
-        }
-
-        let p = raw.places;
-        let api = p.api.unwrap_or(PlacesApi::New);
-        let endpoint = p.endpoint.unwrap_or_else(|| match api {
-            PlacesApi::New => "https://places.googleapis.com".into(),
-            PlacesApi::Legacy => "https://maps.googleapis.com".into(),
-        });
-        if let Err(why) = crate::places::Endpoint::parse(&endpoint) {
-            return Err(ConfigError::BadValue { key: "places.endpoint", why });
-        }
-        let max_in_flight = p.max_in_flight.unwrap_or(64);
-        if max_in_flight == 0 {
-            return Err(ConfigError::BadValue { key: "places.max_in_flight", why: "must be above 0".into() });
-        }
-        let timeout_ms = p.timeout_ms.unwrap_or(5000);
-        if timeout_ms == 0 {
-            return Err(ConfigError::BadValue { key: "places.timeout_ms", why: "must be above 0".into() });
-        }
-        let rate_limit = p.rate_limit.unwrap_or(2.0);
-        if !(rate_limit.is_finite() && rate_limit >= 0.0) {
-            return Err(ConfigError::BadValue {
-                key: "places.rate_limit",
-                why: "must be a number of requests per second, 0 or above (0: no limit)".into(),
-            });
-        }
-        let rate_burst = p.rate_burst.unwrap_or(20);
-        if rate_burst == 0 {
-            return Err(ConfigError::BadValue { key: "places.rate_burst", why: "must be above 0".into() });
-        }
-        let api_key = env_key.or(p.api_key).or(raw.api_key).filter(|k| !k.trim().is_empty()).map(Secret);
-        let places = Places {
-            api,
-            endpoint,
-            ca_file: p.ca_file,
-            api_key,
-            timeout: Duration::from_millis(timeout_ms),
-            max_in_flight,
-            max_queued: p.max_queued.unwrap_or(64),
-            cache_ttl: Duration::from_millis(p.cache_ttl_ms.unwrap_or(60_000)),
-            cache_bytes: p.cache_bytes.unwrap_or(16 << 20),
-            rate_limit,
-            rate_burst,
-        };
-
-        let level = match raw.logging.level.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("info") => log::LevelFilter::Info,
-            Some("off") => log::LevelFilter::Off,
-            Some("error") => log::LevelFilter::Error,
-            Some("warn") => log::LevelFilter::Warn,
-            Some("debug") => log::LevelFilter::Debug,
-            Some("trace") => log::LevelFilter::Trace,
-            Some(other) => {
-                return Err(ConfigError::BadValue {
-                    key: "logging.level",
-                    why: format!("{other:?} is not one of off, error, warn, info, debug, trace"),
-                });
-            }
-        };
-        let logging = Logging { dir: raw.logging.dir.unwrap_or_else(|| PathBuf::from("logs")), level };
-
-        let d = Limits::default();
-        let l = raw.limits;
-        let limits = Limits {
-            max_line: l.max_line.unwrap_or(d.max_line),
-            max_connections: l.max_connections.unwrap_or(d.max_connections),
-            client_output: l.client_output.unwrap_or(d.client_output),
-            peer_output: l.peer_output.unwrap_or(d.peer_output),
-            read_budget: l.read_budget.unwrap_or(d.read_budget),
-        };
-        for (key, value, min) in [
-            ("limits.max_line", limits.max_line, 64),
-            ("limits.max_connections", limits.max_connections, 1),
-            ("limits.client_output", limits.client_output, limits.max_line + 2),
-            ("limits.peer_output", limits.peer_output, limits.max_line + 2),
-            ("limits.read_budget", limits.read_budget, 1),
-        ] {
-            if value < min {
-                return Err(ConfigError::BadValue {
-                    key,
-                    why: format!("{value} is below the minimum of {min}"),
-                });
-            }
-        }
-
+        let servers = parse_servers(&raw)?;
+        let places = parse_places(raw.places, env_key, raw.api_key)?;
+        let logging = parse_logging(raw.logging)?;
+        let limits = parse_limits(raw.limits)?;
         Ok(Self { servers, places, logging, sync_on_connect: raw.sync_on_connect.unwrap_or(true), limits })
     }
 
@@ -466,6 +317,185 @@ impl Config {
     pub fn log_file(&self, name: &str) -> PathBuf {
         self.logging.dir.join(format!("{name}.log"))
     }
+}
+
+/// `ports:`, `hosts:` and `neighbors:`: the servers ordered by port, their neighbours symmetric.
+fn parse_servers(raw: &RawConfig) -> Result<Vec<Server>, ConfigError> {
+    if raw.ports.is_empty() {
+        return Err(ConfigError::NoServers);
+    }
+    let names: Vec<&String> = raw.ports.keys().collect();
+    let index = |n: &str| names.iter().position(|m| *m == n);
+    for (section, keys) in
+        [("neighbors", raw.neighbors.keys().collect::<Vec<_>>()), ("hosts", raw.hosts.keys().collect())]
+    {
+        if let Some(k) = keys.into_iter().find(|k| index(k).is_none()) {
+            return Err(ConfigError::NotAServer { section, name: k.clone() });
+        }
+    }
+    let mut servers = listed_servers(&raw.ports, &raw.hosts)?;
+    for (i, a) in servers.iter().enumerate() {
+        if let Some(b) = servers[..i].iter().find(|b| b.addr.port() == a.addr.port() && same_host(a, b)) {
+            return Err(ConfigError::DuplicatePort {
+                port: a.addr.port(),
+                first: b.name.clone(),
+                second: a.name.clone(),
+            });
+        }
+    }
+    for (server, list) in &raw.neighbors {
+        let s = index(server).unwrap_or_default();
+        for neighbour in list {
+            let n = index(neighbour).ok_or_else(|| ConfigError::UnknownNeighbour {
+                server: server.clone(),
+                neighbour: neighbour.clone(),
+            })?;
+            if n == s {
+                return Err(ConfigError::SelfNeighbour(server.clone()));
+            }
+            // "Talks with" works both ways.
+            for (x, y) in [(s, n), (n, s)] {
+                if !servers[x].neighbours.contains(&y) {
+                    servers[x].neighbours.push(y);
+                }
+            }
+        }
+    }
+    Ok(by_port(servers))
+}
+
+/// The servers of `ports:` in the order of their names, each at its `hosts:` address (loopback
+/// when none is given), without neighbours yet.
+fn listed_servers(
+    ports: &BTreeMap<String, u16>,
+    hosts: &BTreeMap<String, String>,
+) -> Result<Vec<Server>, ConfigError> {
+    let mut servers = Vec::new();
+    for (name, &port) in ports {
+        if port == 0 {
+            return Err(ConfigError::ZeroPort(name.clone()));
+        }
+        let ip = match hosts.get(name) {
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(h) if h == "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(h) => {
+                h.parse().map_err(|_| ConfigError::BadAddress { server: name.clone(), value: h.clone() })?
+            }
+        };
+        servers.push(Server { name: name.clone(), addr: SocketAddr::new(ip, port), neighbours: Vec::new() });
+    }
+    Ok(servers)
+}
+
+/// `servers` ordered by port, the order of PROTOCOL.md's table; neighbour indices follow.
+fn by_port(servers: Vec<Server>) -> Vec<Server> {
+    let mut order: Vec<usize> = (0..servers.len()).collect();
+    order.sort_by_key(|&i| servers[i].addr.port());
+    let mut new_index = vec![0; servers.len()];
+    for (new, &old) in order.iter().enumerate() {
+        new_index[old] = new;
+    }
+    let mut servers: Vec<Server> = order.iter().map(|&i| servers[i].clone()).collect();
+    for s in &mut servers {
+        for n in &mut s.neighbours {
+            *n = new_index[*n];
+        }
+        s.neighbours.sort_unstable();
+    }
+    servers
+}
+
+/// `places:`. The key is `env_key` if given, else `places.api_key`, else the top-level `api_key`
+/// (the Python layout's).
+fn parse_places(
+    p: RawPlaces,
+    env_key: Option<String>,
+    top_key: Option<String>,
+) -> Result<Places, ConfigError> {
+    let api = p.api.unwrap_or(PlacesApi::New);
+    let endpoint = p.endpoint.unwrap_or_else(|| match api {
+        PlacesApi::New => "https://places.googleapis.com".into(),
+        PlacesApi::Legacy => "https://maps.googleapis.com".into(),
+    });
+    if let Err(why) = crate::places::Endpoint::parse(&endpoint) {
+        return Err(ConfigError::BadValue { key: "places.endpoint", why });
+    }
+    let max_in_flight = p.max_in_flight.unwrap_or(64);
+    if max_in_flight == 0 {
+        return Err(ConfigError::BadValue { key: "places.max_in_flight", why: "must be above 0".into() });
+    }
+    let timeout_ms = p.timeout_ms.unwrap_or(5000);
+    if timeout_ms == 0 {
+        return Err(ConfigError::BadValue { key: "places.timeout_ms", why: "must be above 0".into() });
+    }
+    let rate_limit = p.rate_limit.unwrap_or(2.0);
+    if !(rate_limit.is_finite() && rate_limit >= 0.0) {
+        return Err(ConfigError::BadValue {
+            key: "places.rate_limit",
+            why: "must be a number of requests per second, 0 or above (0: no limit)".into(),
+        });
+    }
+    let rate_burst = p.rate_burst.unwrap_or(20);
+    if rate_burst == 0 {
+        return Err(ConfigError::BadValue { key: "places.rate_burst", why: "must be above 0".into() });
+    }
+    let api_key = env_key.or(p.api_key).or(top_key).filter(|k| !k.trim().is_empty()).map(Secret);
+    Ok(Places {
+        api,
+        endpoint,
+        ca_file: p.ca_file,
+        api_key,
+        timeout: Duration::from_millis(timeout_ms),
+        max_in_flight,
+        max_queued: p.max_queued.unwrap_or(64),
+        cache_ttl: Duration::from_millis(p.cache_ttl_ms.unwrap_or(60_000)),
+        cache_bytes: p.cache_bytes.unwrap_or(16 << 20),
+        rate_limit,
+        rate_burst,
+    })
+}
+
+/// `logging:`.
+fn parse_logging(l: RawLogging) -> Result<Logging, ConfigError> {
+    let level = match l.level.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("info") => log::LevelFilter::Info,
+        Some("off") => log::LevelFilter::Off,
+        Some("error") => log::LevelFilter::Error,
+        Some("warn") => log::LevelFilter::Warn,
+        Some("debug") => log::LevelFilter::Debug,
+        Some("trace") => log::LevelFilter::Trace,
+        Some(other) => {
+            return Err(ConfigError::BadValue {
+                key: "logging.level",
+                why: format!("{other:?} is not one of off, error, warn, info, debug, trace"),
+            });
+        }
+    };
+    Ok(Logging { dir: l.dir.unwrap_or_else(|| PathBuf::from("logs")), level })
+}
+
+/// `limits:`, each at least its minimum.
+fn parse_limits(l: RawLimits) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let limits = Limits {
+        max_line: l.max_line.unwrap_or(d.max_line),
+        max_connections: l.max_connections.unwrap_or(d.max_connections),
+        client_output: l.client_output.unwrap_or(d.client_output),
+        peer_output: l.peer_output.unwrap_or(d.peer_output),
+        read_budget: l.read_budget.unwrap_or(d.read_budget),
+    };
+    for (key, value, min) in [
+        ("limits.max_line", limits.max_line, 64),
+        ("limits.max_connections", limits.max_connections, 1),
+        ("limits.client_output", limits.client_output, limits.max_line + 2),
+        ("limits.peer_output", limits.peer_output, limits.max_line + 2),
+        ("limits.read_budget", limits.read_budget, 1),
+    ] {
+        if value < min {
+            return Err(ConfigError::BadValue { key, why: format!("{value} is below the minimum of {min}") });
+        }
+    }
+    Ok(limits)
 }
 
 fn same_host(a: &Server, b: &Server) -> bool {

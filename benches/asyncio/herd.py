@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The Python asyncio herd: the contender herd is measured against (scripts/compare.sh).
+"""The Python asyncio herd: the contender herd is measured against (scripts/study/compare.sh).
 
 Written the way the asyncio version of this exercise is written, and written well: one
 `asyncio.start_server` per server, a coroutine per connection reading lines with
@@ -16,7 +16,7 @@ Google. Standard library only.
     python3 benches/asyncio/herd.py --config config.yml Hill
 
 It reads the `ports:`, `neighbors:`, `host:`, `logging: dir/level` keys of the herd's config.yml
-(a small YAML subset: the layout scripts/compare.sh writes).
+(a small YAML subset: the layout scripts/study/compare.sh writes).
 """
 
 import argparse

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Tables and charts from scripts/compare.sh's raw results (standard library only).
+"""Tables and charts from scripts/study/compare.sh's raw results (standard library only).
 
-    scripts/compare_report.py --raw DIR --out DIR [--machine TEXT] [--settings TEXT]
+    scripts/study/compare_report.py --raw DIR --out DIR [--machine TEXT] [--settings TEXT]
 
 Reads DIR/<scenario>.<contender>.<run>.json (herd-bench --json, propagation.py --json, memory.py
 --json); for each scenario and contender keeps the median run by throughput (or by p99 for
@@ -113,7 +113,7 @@ def main():
         md.append(f"Machine: {args.machine}.  ")
     if args.settings:
         md.append(f"Settings: {args.settings}.")
-    md += ["", "Produced by `scripts/compare.sh`. Ratios are against mio in the same run; for "
+    md += ["", "Produced by `scripts/study/compare.sh`. Ratios are against mio in the same run; for "
            "throughput above 1 means mio is faster, for p99 below 1 means mio's tail is lower.", ""]
     md += ["## Throughput and latency (herd-bench)", "",
            "| scenario | contender | requests/s | mio ÷ it | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | "
@@ -137,7 +137,7 @@ def main():
 
     prop = {c: median_run(runs[("propagation", c)], "p99_us") for c in ORDER if runs.get(("propagation", c))}
     if prop:
-        md += ["", "## Two hops on an idle herd (scripts/propagation.py)", "",
+        md += ["", "## Two hops on an idle herd (scripts/study/propagation.py)", "",
                "IAMAT at Campbell until Jaquez floods it to a probe neighbour (an upper bound on "
                "\"visible at Jaquez\": it includes the flood to the probe and Python's own time).", "",
                "| contender | samples | p50 µs | p90 µs | p99 µs | max µs |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -148,7 +148,7 @@ def main():
 
     mem = {c: runs[("memory", c)][0] for c in ORDER if runs.get(("memory", c))}
     if mem:
-        md += ["", "## Memory (scripts/memory.py)", "",
+        md += ["", "## Memory (scripts/study/memory.py)", "",
                "| contender | RSS at start KiB | bytes per idle connection (10,000) | bytes per stored client | "
                "RSS with 1,000,000 clients MiB |", "| --- | ---: | ---: | ---: | ---: |"]
         for c, r in mem.items():

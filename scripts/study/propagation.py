@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Two-hop propagation latency on an idle herd: IAMAT at one server until the AT line leaves another.
 
-    scripts/propagation.py --at 127.0.0.1:PORT_CAMPBELL --probe-port PORT [--samples 1000] [--json]
+    scripts/study/propagation.py --at 127.0.0.1:PORT_CAMPBELL --probe-port PORT [--samples 1000] [--json]
 
 The herd must be configured with an extra neighbour `Probe` of the far server (Jaquez), listening
 on --probe-port: this script is that neighbour. The far server dials it like any neighbour and

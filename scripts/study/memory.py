@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Server memory under idle connections and under many stored clients (issue 4's memory targets).
 
-    scripts/memory.py [--server target/release/herd] [--idle 10000] [--clients 1000000] [--json]
+    scripts/study/memory.py [--server target/release/herd] [--idle 10000] [--clients 1000000] [--json]
 
 Starts one server (any binary taking `--config FILE NAME`, e.g. target/release/herd or
 target/release/examples/herd-tokio) on a free loopback port with logging at `warn`, then:

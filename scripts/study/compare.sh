@@ -2,7 +2,7 @@
 # The contrast study in one command: the mio herd, the tokio twin, optionally the Python asyncio
 # herd and Redis, under the same herd-bench load on the same machine, side by side.
 #
-#   scripts/compare.sh [--asyncio PATH] [--no-redis] [--duration SECS] [--repeat N] [--quick]
+#   scripts/study/compare.sh [--asyncio PATH] [--no-redis] [--duration SECS] [--repeat N] [--quick]
 #                      [--no-memory] [--out DIR]
 #
 # Builds herd, herd-bench and places-stub (release) and the tokio twin (release example), starts
@@ -15,13 +15,13 @@
 set -euo pipefail
 
 PROG=compare.sh
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=scripts/common.sh
 . "$ROOT/scripts/common.sh"
 
 usage() {
     cat <<'EOF'
-usage: scripts/compare.sh [options]
+usage: scripts/study/compare.sh [options]
 
 Runs herd-bench against each contender with the same settings and writes a results table
 (CSV and Markdown) and charts (SVG). Servers are pinned to core 0, the load to core 1.
@@ -124,7 +124,7 @@ STUB_PORT=$(<"$STUB_PORT_FILE")
 
 # write_config FILE LEVEL TOPOLOGY: a config with fresh ports. TOPOLOGY is `solo` (one server,
 # Solo), `herd` (the five of PROTOCOL.md) or `probe` (the five plus Probe, a neighbour of Jaquez
-# that scripts/propagation.py plays). Sets NAMES and PORTS.
+# that scripts/study/propagation.py plays). Sets NAMES and PORTS.
 write_config() {
     local file=$1 level=$2 topology=$3 i
     case $topology in
@@ -283,7 +283,7 @@ for ((run = 1; run <= REPEAT; run++)); do
         start "$c" "$WORK/probe.yml" Hill Jaquez Smith Campbell Singleton
         json=$OUT/raw/propagation.$c.$run.json
         printf '  %-14s %-8s run %s: ' propagation "$c" "$run"
-        if "${LOAD_PIN[@]}" python3 scripts/propagation.py --at "127.0.0.1:${PORTS[3]}" --probe-port "${PORTS[5]}" \
+        if "${LOAD_PIN[@]}" python3 scripts/study/propagation.py --at "127.0.0.1:${PORTS[3]}" --probe-port "${PORTS[5]}" \
             --samples "$SAMPLES" --json >"$json" 2>"$json.err"; then
             summary "$json"
         else
@@ -298,7 +298,7 @@ if [[ -n $MEMORY ]]; then
         bin=$HERD
         [[ $c == tokio ]] && bin=$TWIN
         printf '  %-14s %-8s: ' memory "$c"
-        "${SERVER_PIN[@]}" python3 scripts/memory.py --server "$bin" --idle 10000 --clients "$CLIENTS" --json \
+        "${SERVER_PIN[@]}" python3 scripts/study/memory.py --server "$bin" --idle 10000 --clients "$CLIENTS" --json \
             >"$OUT/raw/memory.$c.1.json" 2>"$OUT/raw/memory.$c.1.json.err" \
             && summary "$OUT/raw/memory.$c.1.json" \
             || echo "failed: $(cat "$OUT/raw/memory.$c.1.json.err")"
@@ -309,7 +309,7 @@ fi
 for log in "$WORK"/logs/*.log; do
     [[ -f $log ]] && tail -n 200 "$log" >"$OUT/logs/$(basename "$log")"
 done
-python3 scripts/compare_report.py --raw "$OUT/raw" --out "$OUT" \
+python3 scripts/study/compare_report.py --raw "$OUT/raw" --out "$OUT" \
     --machine "$(nproc) cores, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | xargs)" \
     --settings "${CONNS} connections, ${DURATION}s measured after ${WARMUP}s warm-up, median of $REPEAT run(s); servers ${SERVER_PIN[*]:-unpinned}, load ${LOAD_PIN[*]:-unpinned}"
 echo "results: $OUT/results.md, $OUT/results.csv, $OUT/throughput.svg, $OUT/latency.svg"

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use herd::config::{Limits, PlacesApi};
+use herd::config::Limits;
+use herd::places::PlacesApi;
 use herd::core::{Node, NodeConfig};
 use herd::driver::mio::{Endpoints, PlacesTarget, Reactor, Stopper};
 use herd::places::Endpoint;
@@ -460,7 +461,7 @@ mod stub {
     use std::thread;
     use std::time::{Duration, Instant};
 
-    use herd::config::{PlacesApi, Secret};
+    use herd::places::{PlacesApi, Secret};
     use herd::driver::mio::PlacesTarget;
     use herd::places::Endpoint;
     use herd::places::tls::TlsConfig;
@@ -542,7 +543,7 @@ fn whatsat(c: &mut Criterion) {
     let stub = stub::Stub::start();
     for kind in KINDS {
         let mut config = NodeConfig::new("Hill", Vec::new());
-        config.places.has_key = true;
+        config.whatsat.has_key = true;
         let server = start(kind, Node::new(config, Instant::now()), endpoints(vec![]), stub.target());
         let mut client = Client::connect(server.addr);
         client.check_iamat("Hill", "kiwi.cs.ucla.edu");

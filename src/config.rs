@@ -12,40 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::places::{Endpoint, PlacesApi, Secret};
+
 /// The environment variable that overrides any key in the file.
 pub const API_KEY_ENV: &str = "GOOGLE_PLACES_API_KEY";
-
-/// A secret that never prints.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(secret: String) -> Self {
-        Self(secret)
-    }
-
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// Which Places API to call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PlacesApi {
-    /// Places API (New), `POST /v1/places:searchNearby`.
-    New,
-    /// Legacy Nearby Search, `GET /maps/api/place/nearbysearch/json`.
-    Legacy,
-}
 
 /// Places settings.
 #[derive(Debug, Clone)]
@@ -417,7 +387,7 @@ fn parse_places(
         PlacesApi::New => "https://places.googleapis.com".into(),
         PlacesApi::Legacy => "https://maps.googleapis.com".into(),
     });
-    if let Err(why) = crate::places::Endpoint::parse(&endpoint) {
+    if let Err(why) = Endpoint::parse(&endpoint) {
         return Err(ConfigError::BadValue { key: "places.endpoint", why });
     }
     let max_in_flight = p.max_in_flight.unwrap_or(64);
@@ -439,7 +409,7 @@ fn parse_places(
     if rate_burst == 0 {
         return Err(ConfigError::BadValue { key: "places.rate_burst", why: "must be above 0".into() });
     }
-    let api_key = env_key.or(p.api_key).or(top_key).filter(|k| !k.trim().is_empty()).map(Secret);
+    let api_key = env_key.or(p.api_key).or(top_key).filter(|k| !k.trim().is_empty()).map(Secret::new);
     Ok(Places {
         api,
         endpoint,

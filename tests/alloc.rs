@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use herd::config::{Limits, PlacesApi};
+use herd::config::Limits;
+use herd::places::PlacesApi;
 use herd::core::{Node, NodeConfig};
 use herd::driver::mio::{Endpoints, PlacesTarget, Reactor};
 use herd::places::Endpoint;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{LEGACY_RESULT_KEYS, TempDir, distance_m, wait_until};
-use herd::config::{PlacesApi, Secret};
+use herd::places::{PlacesApi, Secret};
 use herd::places::{Endpoint, FIELD_MASK, Query, write_request};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};

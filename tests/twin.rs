@@ -16,7 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Client, expect_at, free_ports, show, timestamp, unix_nanos};
-use herd::config::{Limits, PlacesApi, Secret};
+use herd::config::Limits;
+use herd::places::{PlacesApi, Secret};
 use herd::core::{Node, NodeConfig};
 use herd::driver::mio::{Endpoints, PlacesTarget, Reactor};
 use herd::places::Endpoint;

@@ -10,7 +10,7 @@ mod whatsat;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::config::PlacesApi;
+use crate::places::PlacesApi;
 use crate::places::Query;
 use crate::places::client::Failure;
 use crate::places::response::Response;

@@ -26,7 +26,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::{ConnId, Output, WhatsatPolicy, QueryId, Stats};
-use crate::config::PlacesApi;
+use crate::places::PlacesApi;
 use crate::places::client::Failure;
 use crate::places::response::Response;
 use crate::places::{self, Query, convert};

@@ -10,7 +10,39 @@ pub mod tls;
 use std::fmt;
 use std::io::Write;
 
-use crate::config::{PlacesApi, Secret};
+use serde::Deserialize;
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Which Places API to call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacesApi {
+    /// Places API (New), `POST /v1/places:searchNearby`.
+    New,
+    /// Legacy Nearby Search, `GET /maps/api/place/nearbysearch/json`.
+    Legacy,
+}
 
 /// Where Places lives: `https://host[:port][/base]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -278,7 +278,7 @@ mod tests {
         }
     }
 
-    fn herd_request(api: herd::config::PlacesApi) -> Vec<u8> {
+    fn herd_request(api: herd::places::PlacesApi) -> Vec<u8> {
         let mut out = Vec::new();
         let endpoint = herd::places::Endpoint::parse("https://localhost:8443").unwrap();
         let query = herd::places::Query { lat: 34.06893, lng: -118.445127, radius_m: 10_000.0, bound: 5 };
@@ -286,7 +286,7 @@ mod tests {
             &mut out,
             api,
             &endpoint,
-            &herd::config::Secret::new("right-key".into()),
+            &herd::places::Secret::new("right-key".into()),
             &query,
         );
         out
@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn reads_the_herds_requests_pipelined_in_any_split() {
-        use herd::config::PlacesApi;
+        use herd::places::PlacesApi;
         let mut input = herd_request(PlacesApi::New);
         input.extend(herd_request(PlacesApi::Legacy));
         for step in [1, 7, 8192] {

@@ -218,9 +218,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
             other => return Err(other.unexpected().to_string()),
         }
     }
+    o.targets = resolve(targets)?;
+    check(&mut o, depth_given)?;
+    Ok(Parsed::Run(o))
+}
+
+/// The server addresses, resolved.
+fn resolve(targets: Vec<OsString>) -> Result<Vec<SocketAddr>, String> {
     if targets.is_empty() {
         return Err("give at least one server ADDR (like 127.0.0.1:12001)".into());
     }
+    let mut addrs = Vec::new();
     for t in targets {
         let text = t.to_string_lossy().into_owned();
         let addr = text
@@ -228,8 +236,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
             .map_err(|e| format!("bad ADDR {text:?}: {e}"))?
             .next()
             .ok_or_else(|| format!("ADDR {text:?} resolves to no address"))?;
-        o.targets.push(addr);
+        addrs.push(addr);
     }
+    Ok(addrs)
+}
+
+/// Checks the options against each other and their ranges, and fills in the default duration.
+fn check(o: &mut Opts, depth_given: bool) -> Result<(), String> {
     if o.connections == 0 {
         return Err("--connections must be at least 1".into());
     }
@@ -274,7 +287,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
     {
         return Err(format!("--id-prefix must be at most {MAX_PREFIX} bytes without white space"));
     }
-    Ok(Parsed::Run(o))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -63,7 +63,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::{
-    Client, Herd, LEGACY_RESULT_KEYS, TempDir, expect_at, places_yaml, show, timestamp, unix_nanos,
+    Client, Herd, LEGACY_RESULT_KEYS, TempDir, clip, expect_at, places_yaml, read_whatsat_reply, show,
+    timestamp, unix_nanos,
 };
 use herd::places::response::MAX_BODY;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -805,40 +806,6 @@ fn report(c: &mut Client) -> Vec<u8> {
     reply
 }
 
-/// One whole WHATSAT reply: the AT line, then JSON lines up to the empty line that ends it; or
-/// a `?` line alone.
-fn read_reply(c: &mut Client, timeout: Duration) -> Vec<u8> {
-    let deadline = Instant::now() + timeout;
-    let mut reply = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match c.try_read_line(left) {
-            Ok(Some(line)) => line,
-            Ok(None) => panic!("end of stream inside a WHATSAT reply: {}", clip(&reply)),
-            Err(e) => panic!("no whole WHATSAT reply within {timeout:?}: {e}; so far: {}", clip(&reply)),
-        };
-        // A `?` line is the whole reply.
-        let end = (line == b"\n" && !reply.is_empty()) || (reply.is_empty() && line.starts_with(b"? "));
-        reply.extend_from_slice(&line);
-        if end {
-            return reply;
-        }
-    }
-}
-
-/// Bytes shown readably, at most the first and last 300.
-fn clip(bytes: &[u8]) -> String {
-    if bytes.len() <= 700 {
-        return show(bytes);
-    }
-    format!(
-        "{} [... {} bytes ...] {}",
-        show(&bytes[..300]),
-        bytes.len() - 600,
-        show(&bytes[bytes.len() - 300..])
-    )
-}
-
 /// Asserts `got == want` for large byte strings, showing where they first differ.
 fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
     if got == want {
@@ -971,7 +938,7 @@ fn whatsat(herd: &Herd, radius: u32, bound: usize) -> (Client, String) {
 /// Sends a WHATSAT that must be answered with places, and checks the answer.
 fn whatsat_answered(herd: &Herd, at: &[u8], api: Api, mode: Mode, what: What, bound: usize) {
     let (mut c, line) = whatsat(herd, radius_km(mode, what), bound);
-    let reply = read_reply(&mut c, REPLY);
+    let reply = read_whatsat_reply(&mut c, REPLY);
     if reply.starts_with(b"? ") {
         let causes = || -> Vec<String> {
             let log = herd.log_messages("Hill");

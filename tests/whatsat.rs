@@ -12,8 +12,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Client, Herd, LEGACY_RESULT_KEYS, STUB_KEY, Stub, distance_m, expect_at, places_yaml, show, timestamp,
-    unix_nanos, wait_until,
+    Client, Herd, LEGACY_RESULT_KEYS, STUB_KEY, Stub, distance_m, expect_at, places_yaml, read_whatsat_reply,
+    show, timestamp, unix_nanos, wait_until,
 };
 use serde_json::Value;
 
@@ -45,22 +45,9 @@ fn report(c: &mut Client, server: &str, client: &str) -> Vec<u8> {
 /// the reply; a JSON cut short by an early empty line fails to parse in [`check_reply`]. A `? `
 /// line instead of the AT line fails at once rather than at the deadline.
 fn read_reply(c: &mut Client, timeout: Duration) -> Vec<u8> {
-    let deadline = Instant::now() + timeout;
-    let mut reply = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match c.try_read_line(left) {
-            Ok(Some(line)) => line,
-            Ok(None) => panic!("end of stream inside a WHATSAT reply: {}", show(&reply)),
-            Err(e) => panic!("no whole WHATSAT reply within {timeout:?}: {e}; so far: {}", show(&reply)),
-        };
-        assert!(!(reply.is_empty() && line.starts_with(b"? ")), "the WHATSAT failed: {}", show(&line));
-        let end = line == b"\n" && !reply.is_empty();
-        reply.extend_from_slice(&line);
-        if end {
-            return reply;
-        }
-    }
+    let reply = read_whatsat_reply(c, timeout);
+    assert!(!reply.starts_with(b"? "), "the WHATSAT failed: {}", show(&reply));
+    reply
 }
 
 /// Checks a WHATSAT reply against PROTOCOL.md: `at_line` byte for byte, then legacy-shaped JSON

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, Herd, STUB_KEY, Stub, show, timestamp, unix_nanos, wait_until};
+use common::{Client, Herd, STUB_KEY, Stub, read_whatsat_reply, show, timestamp, unix_nanos, wait_until};
 
 const ALONE: &[(&str, &[&str])] = &[("Hill", &[])];
 const LOCATION: &str = "+34.068930-118.445127";
@@ -38,26 +38,6 @@ fn hill(stub: &Stub, api: &str, places: &str, level: &str) -> (Herd, Vec<u8>) {
     let ts = timestamp(unix_nanos() - 1_000_000_000);
     let at = c.round_trip(format!("IAMAT kiwi {LOCATION} {ts}\n").as_bytes());
     (herd, at)
-}
-
-/// Reads one WHATSAT reply: a `? ` line, or the AT line and JSON up to the empty line.
-fn read_reply(c: &mut Client, timeout: Duration) -> Vec<u8> {
-    let deadline = Instant::now() + timeout;
-    let mut reply = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match c.try_read_line(left) {
-            Ok(Some(line)) => line,
-            Ok(None) => panic!("end of stream inside a WHATSAT reply: {}", show(&reply)),
-            Err(e) => panic!("no whole WHATSAT reply within {timeout:?}: {e}; so far: {}", show(&reply)),
-        };
-        let question = reply.is_empty() && line.starts_with(b"? ");
-        let end = line == b"\n" && !reply.is_empty();
-        reply.extend_from_slice(&line);
-        if question || end {
-            return reply;
-        }
-    }
 }
 
 /// Whether `reply` is a whole answer (the AT line, JSON with results, the empty line).
@@ -88,7 +68,7 @@ fn identical_whatsats_within_the_ttl_cost_one_upstream_request() {
     let mut first: Option<Vec<u8>> = None;
     for c in &mut conns {
         for i in 0..100 {
-            let reply = read_reply(c, REPLY);
+            let reply = read_whatsat_reply(c, REPLY);
             assert!(answered(&reply, &at), "reply {i}: {}", show(&reply));
             let first = first.get_or_insert_with(|| reply.clone());
             assert_eq!(show(&reply), show(first), "reply {i} differs");
@@ -109,7 +89,7 @@ fn whatsats_whose_radii_differ_below_a_metre_share_one_request_and_zero_is_refus
         .collect();
     c.send(&lines);
     for i in 0..100 {
-        let reply = read_reply(&mut c, REPLY);
+        let reply = read_whatsat_reply(&mut c, REPLY);
         assert!(answered(&reply, &at), "reply {i}: {}", show(&reply));
     }
     assert_eq!(legacy_radii(&stub), ["10000"], "{}", stub.stdout());
@@ -119,7 +99,7 @@ fn whatsats_whose_radii_differ_below_a_metre_share_one_request_and_zero_is_refus
     // One metre more is a request of its own.
     let reply = {
         c.send(b"WHATSAT kiwi 10.001 5\n");
-        read_reply(&mut c, REPLY)
+        read_whatsat_reply(&mut c, REPLY)
     };
     assert!(answered(&reply, &at), "{}", show(&reply));
     assert_eq!(legacy_radii(&stub), ["10000", "10001"]);
@@ -132,7 +112,7 @@ fn a_connection_past_its_rate_limit_gets_question_marks_at_once_and_others_do_no
     let mut c = herd.connect("Hill");
     for r in 1..=3 {
         c.send(format!("WHATSAT kiwi {r} 2\n"));
-        let reply = read_reply(&mut c, REPLY);
+        let reply = read_whatsat_reply(&mut c, REPLY);
         assert!(answered(&reply, &at), "within the burst: {}", show(&reply));
     }
     for r in 4..=6 {
@@ -142,7 +122,7 @@ fn a_connection_past_its_rate_limit_gets_question_marks_at_once_and_others_do_no
     assert_eq!(stub.requests(), 3);
     let mut other = herd.connect("Hill");
     other.send(b"WHATSAT kiwi 7 2\n");
-    assert!(answered(&read_reply(&mut other, REPLY), &at), "another connection has its own bucket");
+    assert!(answered(&read_whatsat_reply(&mut other, REPLY), &at), "another connection has its own bucket");
     assert_eq!(stub.requests(), 4);
     // The three refusals were warned of once, not three times.
     assert!(wait_until(Duration::from_secs(3), || herd.log_count("Hill", "over its Places rate limit") == 1));
@@ -174,7 +154,7 @@ fn starve(attackers: usize, secs: u64, delay_ms: &str, places: &str) -> String {
                     k += 1;
                     c.send(format!("WHATSAT kiwi {radius:.3} 20\n"));
                     sent.fetch_add(1, Ordering::Relaxed);
-                    read_reply(&mut c, REPLY);
+                    read_whatsat_reply(&mut c, REPLY);
                 }
             })
         })
@@ -187,7 +167,7 @@ fn starve(attackers: usize, secs: u64, delay_ms: &str, places: &str) -> String {
         thread::sleep(due.saturating_duration_since(Instant::now()));
         let t = Instant::now();
         legit.send(format!("WHATSAT kiwi 49.{i:03} 5\n"));
-        let reply = read_reply(&mut legit, REPLY);
+        let reply = read_whatsat_reply(&mut legit, REPLY);
         slowest = slowest.max(t.elapsed());
         assert!(answered(&reply, &at), "legitimate WHATSAT {i} of {secs}: {}", show(&reply));
     }

@@ -50,6 +50,40 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
+/// Reads one whole WHATSAT reply from `c`: a `? ` line alone, or the AT line then JSON lines
+/// up to the empty line that ends it (the JSON holds no empty line: runs of newlines are
+/// collapsed). Panics at end of stream or after `timeout`, showing what came.
+pub fn read_whatsat_reply(c: &mut Client, timeout: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + timeout;
+    let mut reply = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match c.try_read_line(left) {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("end of stream inside a WHATSAT reply: {}", clip(&reply)),
+            Err(e) => panic!("no whole WHATSAT reply within {timeout:?}: {e}; so far: {}", clip(&reply)),
+        };
+        let end = (line == b"\n" && !reply.is_empty()) || (reply.is_empty() && line.starts_with(b"? "));
+        reply.extend_from_slice(&line);
+        if end {
+            return reply;
+        }
+    }
+}
+
+/// Bytes shown readably, at most the first and last 300.
+pub fn clip(bytes: &[u8]) -> String {
+    if bytes.len() <= 700 {
+        return show(bytes);
+    }
+    format!(
+        "{} [... {} bytes ...] {}",
+        show(&bytes[..300]),
+        bytes.len() - 600,
+        show(&bytes[bytes.len() - 300..])
+    )
+}
+
 /// Bytes shown readably in assertion messages.
 pub fn show(bytes: &[u8]) -> String {
     bytes.escape_ascii().to_string()

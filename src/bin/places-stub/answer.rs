@@ -195,7 +195,7 @@ fn legacy_api(params: &[(String, String)], key: &str, size: Size) -> Reply {
 mod tests {
     use super::*;
     use crate::places::distance_m;
-    use crate::testing::{BODY, json_of, keys, legacy_request, new_request, opts};
+    use crate::testing::{BODY, LEGACY_RESULT_KEYS, json_of, keys, legacy_request, new_request, opts};
 
     #[test]
     fn new_api_checks_key_then_mask_then_body() {
@@ -284,19 +284,7 @@ mod tests {
         let results = v["results"].as_array().unwrap();
         assert_eq!(results.len(), 20);
         for result in results {
-            assert_eq!(
-                keys(result),
-                [
-                    "business_status",
-                    "geometry",
-                    "name",
-                    "place_id",
-                    "rating",
-                    "types",
-                    "user_ratings_total",
-                    "vicinity"
-                ]
-            );
+            assert_eq!(keys(result), LEGACY_RESULT_KEYS);
             let loc = &result["geometry"]["location"];
             assert_eq!(keys(loc), ["lat", "lng"]);
             let d =

@@ -84,7 +84,9 @@ mod tests {
     use crate::answer::respond;
     use crate::cli::{Options, Size};
     use crate::places::distance_m;
-    use crate::testing::{BODY, json_of, keys, legacy_request, masked, new_request, opts};
+    use crate::testing::{
+        BODY, LEGACY_RESULT_KEYS, json_of, keys, legacy_request, masked, new_request, opts,
+    };
 
     const KIB: usize = 1024;
     /// The sizes the WHATSAT tests use: 1 KiB, 20 KiB, 64 KiB, 300 KiB, 1.9 MiB.
@@ -131,19 +133,7 @@ mod tests {
             sorted.sort_unstable();
             assert_eq!(k, sorted, "Google's alphabetical key order");
             let bare: Vec<&str> = k.iter().copied().filter(|k| *k != "photos").collect();
-            assert_eq!(
-                bare,
-                [
-                    "business_status",
-                    "geometry",
-                    "name",
-                    "place_id",
-                    "rating",
-                    "types",
-                    "user_ratings_total",
-                    "vicinity"
-                ]
-            );
+            assert_eq!(bare, LEGACY_RESULT_KEYS);
             for photo in r.get("photos").and_then(Value::as_array).into_iter().flatten() {
                 assert_eq!(keys(photo), ["height", "html_attributions", "photo_reference", "width"]);
                 assert_eq!(photo["photo_reference"].as_str().unwrap().len(), 400);

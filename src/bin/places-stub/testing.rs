@@ -43,3 +43,7 @@ pub(crate) fn masked(mask: &str) -> Value {
 pub(crate) fn keys(v: &Value) -> Vec<&str> {
     v.as_object().unwrap().keys().map(String::as_str).collect()
 }
+
+/// The keys of a legacy result, in Google's (alphabetical) order.
+pub(crate) const LEGACY_RESULT_KEYS: [&str; 8] =
+    ["business_status", "geometry", "name", "place_id", "rating", "types", "user_ratings_total", "vicinity"];

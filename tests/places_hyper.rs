@@ -334,9 +334,8 @@ fn render(api: Api, size: usize, photos: &[usize]) -> Vec<u8> {
                 })
                 .collect();
             let v = json!({"html_attributions": [], "results": results, "status": "OK"});
-            let mut out = Vec::new();
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, GoogleFormatter::new());
-            serde::Serialize::serialize(&v, &mut ser).expect("serialise");
+            let mut out = google_json::pretty_legacy(&v);
+            out.pop();
             // A blank line between results, trailing newlines: Google's legacy layout.
             let mut spaced = Vec::with_capacity(out.len() + photos.len() + 2);
             let between: &[u8] = b"\n      },\n      {";
@@ -391,44 +390,11 @@ fn render(api: Api, size: usize, photos: &[usize]) -> Vec<u8> {
     }
 }
 
-/// serde_json's pretty printer with Google's legacy layout: three spaces, `"key" : value`.
-struct GoogleFormatter(serde_json::ser::PrettyFormatter<'static>);
-
-impl GoogleFormatter {
-    fn new() -> Self {
-        Self(serde_json::ser::PrettyFormatter::with_indent(b"   "))
-    }
-}
-
-impl serde_json::ser::Formatter for GoogleFormatter {
-    fn begin_array<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.begin_array(w)
-    }
-    fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.end_array(w)
-    }
-    fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
-        self.0.begin_array_value(w, first)
-    }
-    fn end_array_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.end_array_value(w)
-    }
-    fn begin_object<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.begin_object(w)
-    }
-    fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.end_object(w)
-    }
-    fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
-        self.0.begin_object_key(w, first)
-    }
-    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
-        w.write_all(b" : ")
-    }
-    fn end_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.end_object_value(w)
-    }
-}
+/// Google's legacy layout (three-space indent, `" : "`): the stand-in's own formatter, shared by
+/// path rather than copied (a binary's modules cannot be imported).
+#[path = "../src/bin/places-stub/json.rs"]
+#[allow(dead_code)]
+mod google_json;
 
 // ------------------------------------------------------------------------------------------
 // The stand-in: hyper + tokio-rustls

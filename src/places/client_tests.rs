@@ -59,7 +59,12 @@ fn fixture(host: &str) -> Fixture {
         key: Some(Secret::new("k".into())),
         tls: TlsConfig::new(Some(&pem)),
     };
-    Fixture { client: Client::new(target), server_config: Arc::new(server_config), servers: HashMap::new(), dir }
+    Fixture {
+        client: Client::new(target),
+        server_config: Arc::new(server_config),
+        servers: HashMap::new(),
+        dir,
+    }
 }
 
 impl Fixture {
@@ -129,6 +134,23 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// Request 1 sent on connection 0, its answer still to come.
+fn asked(now: Instant) -> Fixture {
+    let mut f = fixture("127.0.0.1");
+    f.client.start(now, QueryId(1), &query());
+    f.events();
+    f.accept(0);
+    f.shuttle(now, 0);
+    f
+}
+
+/// Request 1 answered on connection 0, which is then kept alive and idle.
+fn one_answered(now: Instant) -> Fixture {
+    let mut f = asked(now);
+    f.answer(now, 0, OK);
+    f
+}
+
 #[test]
 fn literal_ip_connects_at_once_and_answer_is_done() {
     let now = Instant::now();
@@ -146,12 +168,7 @@ fn literal_ip_connects_at_once_and_answer_is_done() {
 #[test]
 fn idle_request_reuses_the_kept_connection() {
     let now = Instant::now();
-    let mut f = fixture("127.0.0.1");
-    f.client.start(now, QueryId(1), &query());
-    f.events();
-    f.accept(0);
-    f.shuttle(now, 0);
-    f.answer(now, 0, OK);
+    let mut f = one_answered(now);
     f.done();
     f.client.start(now, QueryId(2), &query());
     assert_eq!(f.events(), [], "no new connection");
@@ -163,12 +180,7 @@ fn idle_request_reuses_the_kept_connection() {
 #[test]
 fn reused_connection_dead_before_answering_retries_once_on_a_new_one() {
     let now = Instant::now();
-    let mut f = fixture("127.0.0.1");
-    f.client.start(now, QueryId(1), &query());
-    f.events();
-    f.accept(0);
-    f.shuttle(now, 0);
-    f.answer(now, 0, OK);
+    let mut f = one_answered(now);
     f.done();
     f.client.start(now, QueryId(2), &query());
     f.client.handle_failed(now, 0, Failure::Io("reset".into()));
@@ -183,12 +195,7 @@ fn reused_connection_dead_before_answering_retries_once_on_a_new_one() {
 #[test]
 fn answered_in_part_then_dead_is_not_retried() {
     let now = Instant::now();
-    let mut f = fixture("127.0.0.1");
-    f.client.start(now, QueryId(1), &query());
-    f.events();
-    f.accept(0);
-    f.shuttle(now, 0);
-    f.answer(now, 0, OK);
+    let mut f = one_answered(now);
     f.client.start(now, QueryId(2), &query());
     f.shuttle(now, 0);
     f.answer(now, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{");
@@ -250,12 +257,7 @@ fn connecting_failure_tries_the_next_address_then_fails() {
 #[test]
 fn idle_connection_closed_by_the_server_is_forgotten() {
     let now = Instant::now();
-    let mut f = fixture("127.0.0.1");
-    f.client.start(now, QueryId(1), &query());
-    f.events();
-    f.accept(0);
-    f.shuttle(now, 0);
-    f.answer(now, 0, OK);
+    let mut f = one_answered(now);
     f.done();
     f.client.handle_eof(now, 0);
     assert_eq!(f.events(), [Event::Close(0)]);
@@ -276,11 +278,7 @@ fn cancelled_request_closes_its_connection() {
 #[test]
 fn connection_close_answer_retires_the_connection_and_body_over_the_limit_fails() {
     let now = Instant::now();
-    let mut f = fixture("127.0.0.1");
-    f.client.start(now, QueryId(1), &query());
-    f.events();
-    f.accept(0);
-    f.shuttle(now, 0);
+    let mut f = asked(now);
     f.answer(now, 0, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}");
     assert_eq!(f.events(), [Event::Close(0)]);
     f.client.start(now, QueryId(2), &query());
@@ -295,11 +293,7 @@ fn connection_close_answer_retires_the_connection_and_body_over_the_limit_fails(
 #[test]
 fn answer_far_larger_than_rustls_plaintext_buffer_in_one_batch_is_read() {
     let now = Instant::now();
-    let mut f = fixture("127.0.0.1");
-    f.client.start(now, QueryId(1), &query());
-    f.events();
-    f.accept(0);
-    f.shuttle(now, 0);
+    let mut f = asked(now);
     let body = vec![b' '; 300 << 10];
     let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     answer.extend_from_slice(&body);

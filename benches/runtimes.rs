@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use herd::config::Limits;
-use herd::places::PlacesApi;
 use herd::core::{Node, NodeConfig};
 use herd::driver::mio::{Endpoints, PlacesTarget, Reactor, Stopper};
 use herd::places::Endpoint;
+use herd::places::PlacesApi;
 
 mod twin;
 
@@ -461,10 +461,10 @@ mod stub {
     use std::thread;
     use std::time::{Duration, Instant};
 
-    use herd::places::{PlacesApi, Secret};
     use herd::driver::mio::PlacesTarget;
     use herd::places::Endpoint;
     use herd::places::tls::TlsConfig;
+    use herd::places::{PlacesApi, Secret};
 
     use super::IO_TIMEOUT;
 

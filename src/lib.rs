@@ -32,8 +32,9 @@
 //!   the rate limit, fair turns, throttled warnings).
 //! - [`places`]: the Places client, sans-IO: request bytes for both APIs, response reading, the
 //!   New-to-legacy conversion and the WHATSAT reply body.
-//! - [`driver`]: the mio reactor that drives a `Node` over real sockets, and what every driver
-//!   does the same way between a socket's bytes and the node (`feed_lines`).
+//! - [`driver`]: the mio reactor ([`driver::mio`]) that drives a `Node` over real sockets, and
+//!   what every driver shares: the connection lifecycle ([`driver::conn`]: states, linger, end
+//!   of stream, output limit, shutdown), the reply buffer, and handing lines to the node.
 //! - [`limits`]: every fixed limit, once, with its reason (configurable ones are in [`config`]).
 //! - [`config`], [`cli`], [`logging`]: process set-up.
 //! - [`app`]: the process around a driver (command line, config to [`core::Node`], log, exit

@@ -15,10 +15,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use herd::config::Limits;
-use herd::places::PlacesApi;
 use herd::core::{Node, NodeConfig};
 use herd::driver::mio::{Endpoints, PlacesTarget, Reactor};
 use herd::places::Endpoint;
+use herd::places::PlacesApi;
 
 struct Counting;
 

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{LEGACY_RESULT_KEYS, TempDir, distance_m, wait_until};
-use herd::places::{PlacesApi, Secret};
 use herd::places::{Endpoint, FIELD_MASK, Query, write_request};
+use herd::places::{PlacesApi, Secret};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use common::{Client, expect_at, free_ports, show, timestamp, unix_nanos};
 use herd::config::Limits;
-use herd::places::{PlacesApi, Secret};
 use herd::core::{Node, NodeConfig};
 use herd::driver::mio::{Endpoints, PlacesTarget, Reactor};
 use herd::places::Endpoint;
 use herd::places::tls::TlsConfig;
+use herd::places::{PlacesApi, Secret};
 
 const LOCATION: &str = "+34.068930-118.445127";
 /// Long enough for anything here on a loaded machine; failures are caught by tighter checks.

@@ -13,8 +13,10 @@
 //! # How it maps onto the mio driver
 //! - The loop owning a slab of connections becomes one task per connection; the node and the
 //!   driver's tables sit in one `Rc<RefCell<Core>>`, borrowed only between `.await`s.
-//! - Connection states (`Open`, `Draining`, `Lingering`) are the same enum, local to the task.
-//! - Reading: the same shared 64 KiB buffer (`readable().await`, then `try_read` until
+//! - Each connection's lifecycle is the mio driver's own [`Lifecycle`] (states, linger, end of
+//!   stream, output limit, shutdown), local to its task; its replies the same [`Outbox`]; the
+//!   fixed limits those of [`herd::limits`]. Nothing of them is written again here.
+//! - Reading: the same shared [`READ_CHUNK`] buffer (`readable().await`, then `try_read` until
 //!   `WouldBlock`); `limits.read_budget` per wake-up, then `yield_now` where mio re-queues.
 //! - Writing: a read batch's replies are written at once in one `try_write`; what the socket
 //!   refuses waits for `writable().await`. `client_output` counts only what was refused, as in mio.
@@ -24,8 +26,8 @@
 //! - WHATSAT: the reader pauses as in mio; `Output::Reply` hands the answer to the connection's
 //!   task on a `oneshot`, which resumes the held-back lines.
 //! - Timers: mio's deadline heap becomes a supervisor task that accepts, sleeps until
-//!   `node.poll_timeout()`, flushes the log and runs the shutdown; lingering connections sleep in
-//!   their own task.
+//!   `node.poll_timeout()`, flushes the log and runs the shutdown; lingering connections sleep
+//!   until their lifecycle's deadline in their own task.
 //! - Places: a task per request over `tokio::net::TcpStream` with the same `TlsSession`,
 //!   `ResponseReader`, idle pool, single retry and resolution cache; `lookup_host` (tokio's
 //!   blocking pool) replaces the resolver thread; `Output::CancelPlaces` aborts the task.
@@ -34,11 +36,10 @@
 //!
 //! Observable behaviour is the mio driver's: replies, log lines, limits, the over-long line's `? `
 //! and linger, the final line without `\n`, WHATSAT holding back later pipelined lines, the
-//! shutdown grace. One deliberate difference: at shutdown a connection waiting for a WHATSAT's
-//! answer gets it before its write side is shut (the mio reactor shuts it at once, and the answer
-//! is lost to a failed write). The process-level suites (`tests/{herd,protocol,regressions,
-//! whatsat,process}.rs`) pass against `herd-tokio` when `tests/common`'s `HERD` points at it,
-//! but for the program name in `--help` and `--version`.
+//! shutdown grace (a connection waiting for a WHATSAT's answer at shutdown gets it before its
+//! write side is shut, in both: [`Lifecycle::written`]). The process-level suites
+//! (`tests/{herd,protocol,regressions,whatsat,process}.rs`) pass against `herd-tokio` when
+//! `tests/common`'s `HERD` points at it, but for the program name in `--help` and `--version`.
 
 // Each includer uses part of it: the tests and benches `spawn`, the process `Bound`.
 #![allow(dead_code)]
@@ -53,12 +54,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use herd::config::Limits;
 use herd::core::{Node, Output, PeerId, QueryId};
+use herd::driver::conn::{Action, Kind, Lifecycle, State};
 use herd::driver::mio::{Endpoints, PlacesTarget};
-use herd::driver::{Fed, Input, feed_lines, unix_nanos};
+use herd::driver::outbox::Outbox;
+use herd::driver::{Fed, Feed, Input, feed_lines, read_some, unix_nanos, write_some};
+use herd::limits::{ACCEPT_RETRY, READ_CHUNK, SHUTDOWN_GRACE};
 use herd::logging;
 use herd::places::Query;
 use herd::proto::LineReader;
@@ -68,20 +72,6 @@ use tokio::runtime::Runtime;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::{AbortHandle, LocalSet, spawn_local};
-
-/// Size of the shared read buffer: complete lines are handled straight from it.
-const READ_CHUNK: usize = 64 << 10;
-/// How long a connection closed for a protocol error keeps draining its input after the reply,
-/// so the reply is not lost to a reset.
-const LINGER: Duration = Duration::from_millis(500);
-/// Input discarded while lingering before the connection is cut.
-const LINGER_BYTES: usize = 1 << 20;
-/// How long a shutdown waits for replies and floods already computed to be written.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// After an accept error such as "too many open files", wait this long before trying again.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-/// Capacity above which an emptied client output buffer is released rather than kept.
-const KEEP_OUTPUT: usize = 16 << 10;
 
 /// A twin running on its own thread (see [`spawn`]).
 pub struct Running {
@@ -510,77 +500,33 @@ fn admit(shared: &Rc<Shared>, stream: TcpStream, addr: SocketAddr) {
     spawn_local(serve(Rc::clone(shared), stream, id, shutdown, open));
 }
 
-/// An inbound connection's lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Reading lines and writing replies.
-    Open,
-    /// No more input will be read (end of stream); close once replies are written.
-    Draining,
-    /// A protocol error was answered (or a shutdown began); once the replies are written the
-    /// write side is shut and input is discarded until end of stream or `until`.
-    Lingering { until: Instant, shut: bool },
-}
-
 /// One inbound connection: a client, or a neighbour sending floods.
 struct Inbound {
-    id: u64,
-    state: State,
+    /// Its state and its number in the log, the same [`Lifecycle`] as the mio driver's.
+    lc: Lifecycle,
     reader: LineReader,
-    out: Vec<u8>,
-    out_pos: usize,
-    /// Bytes discarded while lingering.
-    discarded: usize,
+    out: Outbox,
     /// The answer to the WHATSAT the reader is paused on.
     answer: Option<oneshot::Receiver<Vec<u8>>>,
 }
 
 impl Inbound {
-    /// The one place the state changes.
-    fn set_state(&mut self, state: State) {
-        log::debug!("c{}: {:?} -> {:?}", self.id, self.state, state);
-        self.state = state;
-    }
-
-    fn pending_out(&self) -> usize {
-        self.out.len() - self.out_pos
-    }
-
     fn reading(&self) -> bool {
-        matches!(self.state, State::Open | State::Lingering { .. }) && !self.reader.is_paused()
+        self.lc.reading(self.reader.is_paused())
     }
 
     /// Writes queued replies until done or the socket refuses more.
     fn flush(&mut self, wr: &WriteHalf<'_>) -> Result<(), String> {
-        while self.pending_out() > 0 {
-            match wr.try_write(&self.out[self.out_pos..]) {
-                Ok(0) => return Err("write returned 0".into()),
-                Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("write error: {e}")),
-            }
-        }
-        if self.pending_out() == 0 {
-            self.out.clear();
-            self.out_pos = 0;
-            if self.out.capacity() > KEEP_OUTPUT {
-                self.out = Vec::new();
-            }
-        } else if self.out_pos > self.out.len() / 2 {
-            self.out.drain(..self.out_pos);
-            self.out_pos = 0;
-        }
-        Ok(())
+        self.out.write_with(|data| wr.try_write(data)).map(|_| ())
     }
 
     /// Replies queued past `client_output`: write what the socket takes now, and close only if
     /// the rest is still over the limit (the client does not read), as the mio driver does.
     fn enforce_output_limit(&mut self, wr: &WriteHalf<'_>, limit: usize) -> Result<(), String> {
-        if self.pending_out() > limit {
+        if self.lc.replies_queued(self.out.pending(), limit) == Action::Flush {
             self.flush(wr)?;
-            if self.pending_out() > limit {
-                return Err(format!("output limit of {limit} bytes reached (client does not read)"));
+            if let Action::Close(reason) = self.lc.replies_refused(self.out.pending(), limit) {
+                return Err(reason.to_string());
             }
         }
         Ok(())
@@ -588,88 +534,108 @@ impl Inbound {
 
     /// Hands lines to the node; if a WHATSAT paused the reader, registers for its answer.
     fn feed(&mut self, shared: &Shared, now: Instant, input: Input<'_>) -> Fed {
-        let max_line = shared.limits.max_line;
-        let fed = {
-            let mut core = shared.core.borrow_mut();
-            let out = &mut self.out;
-            feed_lines(&mut core.node, self.id, &mut self.reader, out, max_line, now, unix_nanos(), input)
-        };
-        if fed.paused {
-            self.answer = Some(await_answer(shared, self.id));
+        let (fed, answer) = feed(shared, self.lc.id(), &mut self.reader, Some(self.out.buf()), now, input);
+        if answer.is_some() {
+            self.answer = answer;
         }
         fed
+    }
+
+    /// Hands on the lines held back behind a WHATSAT now answered, or behind a full feed.
+    fn resume(&mut self, shared: &Shared) {
+        let now = Instant::now();
+        if self.feed(shared, now, Input::Resume).overlong {
+            self.lc.overlong(now);
+        }
     }
 
     /// Reads until the socket would block, the read budget is spent, or the reader pauses,
     /// feeding each chunk to the node. `Ok(true)` if the budget ran out with data perhaps left.
     fn read(&mut self, shared: &Shared, rd: &ReadHalf<'_>, wr: &WriteHalf<'_>) -> Result<bool, String> {
         let limits = &shared.limits;
-        // At shutdown, a client may still be sending while it reads the replies computed before
-        // the stop: keep discarding until the grace period ends rather than cut it (and lose
-        // those replies to the reset) after `LINGER_BYTES`.
-        let linger_cap = if shared.shutdown_by.get().is_some() { usize::MAX } else { LINGER_BYTES };
+        let shutting_down = shared.shutdown_by.get().is_some();
         let mut budget = limits.read_budget;
         while self.reading() {
             if budget == 0 {
                 return Ok(true);
             }
             let mut scratch = shared.scratch.borrow_mut();
-            let n = match rd.try_read(&mut scratch[..budget.min(READ_CHUNK)]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("read error: {e}")),
+            let Some(n) = read_some(|buf| rd.try_read(buf), &mut scratch[..budget.min(READ_CHUNK)])? else {
+                break;
             };
             // The receive time of the lines in this chunk.
             let now = Instant::now();
             budget -= n;
-            if let State::Lingering { .. } = self.state {
-                self.discarded += n;
-                if n == 0 {
-                    if self.pending_out() == 0 {
-                        return Err("end of stream after the last reply".into());
-                    }
-                    self.set_state(State::Draining);
-                    break;
+            if self.lc.is_lingering() {
+                match self.lc.discard(n, self.out.pending(), shutting_down) {
+                    Action::Continue => continue,
+                    Action::Close(reason) => return Err(reason.to_string()),
+                    _ => break,
                 }
-                if self.discarded > linger_cap {
-                    return Err(format!("more than {LINGER_BYTES} bytes sent after the last reply"));
-                }
-                continue;
             }
             let input = if n == 0 { Input::End } else { Input::Data(&scratch[..n]) };
             let fed = self.feed(shared, now, input);
             drop(scratch);
             self.enforce_output_limit(wr, limits.client_output)?;
             if fed.full {
-                // The lines left are handed on after a yield (see `run`).
+                // The lines left are handed on after a yield (see `settle`).
                 if n == 0 {
-                    self.set_state(State::Draining);
+                    self.end_of_stream()?;
                 }
                 return Ok(true);
             }
             if fed.overlong {
-                self.set_state(State::Lingering { until: now + LINGER, shut: false });
+                self.lc.overlong(now);
                 continue;
             }
             if n == 0 {
-                self.set_state(State::Draining);
+                self.end_of_stream()?;
                 break;
             }
         }
         Ok(false)
     }
 
+    /// End of stream, its last lines handed on: drain, or close if nothing is left to write.
+    fn end_of_stream(&mut self) -> Result<(), String> {
+        match self.lc.end_of_stream(self.out.pending(), self.reader.is_paused()) {
+            Action::Close(reason) => Err(reason.to_string()),
+            _ => Ok(()),
+        }
+    }
+
     /// The WHATSAT's answer arrived: queue it and hand the node the lines held back behind it.
     fn answered(&mut self, shared: &Shared, wr: &WriteHalf<'_>, bytes: &[u8]) -> Result<(), String> {
-        log::info!("c{} > {}", self.id, bytes.strip_suffix(b"\n").unwrap_or(bytes).escape_ascii());
-        self.out.extend_from_slice(bytes);
-        let now = Instant::now();
-        let fed = self.feed(shared, now, Input::Resume);
-        if fed.overlong {
-            self.set_state(State::Lingering { until: now + LINGER, shut: false });
-        }
+        log::info!("c{} > {}", self.lc.id(), bytes.strip_suffix(b"\n").unwrap_or(bytes).escape_ascii());
+        self.out.push(bytes);
+        self.resume(shared);
         self.enforce_output_limit(wr, shared.limits.client_output)
+    }
+
+    /// What happens between two waits: lines held back by a full feed are handed on (then
+    /// others run), a shutdown makes an open connection linger, and once every reply is written
+    /// the lifecycle decides what follows (close, or shut the write side).
+    async fn settle(&mut self, shared: &Rc<Shared>, wr: &mut WriteHalf<'_>) -> Result<(), String> {
+        if self.answer.is_none() && self.reader.is_paused() {
+            // Held back by a full feed, not by a WHATSAT.
+            self.resume(shared);
+            drive(shared);
+            self.enforce_output_limit(wr, shared.limits.client_output).and_then(|()| self.flush(wr))?;
+            tokio::task::yield_now().await;
+        }
+        if let Some(by) = shared.shutdown_by.get() {
+            self.lc.shutdown(by);
+        }
+        if self.out.pending() == 0 {
+            match self.lc.written(self.reader.is_paused()) {
+                Action::Close(reason) => return Err(reason.to_string()),
+                Action::ShutWrite => {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(wr).await;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Serves the connection until it closes; returns why it closed.
@@ -681,47 +647,12 @@ impl Inbound {
     ) -> String {
         let (rd, mut wr) = stream.split();
         loop {
-            if self.answer.is_none() && self.reader.is_paused() {
-                // Held back by a full feed, not by a WHATSAT: hand on the rest, then let others run.
-                let now = Instant::now();
-                let fed = self.feed(shared, now, Input::Resume);
-                if fed.overlong {
-                    self.set_state(State::Lingering { until: now + LINGER, shut: false });
-                }
-                drive(shared);
-                if let Err(reason) =
-                    self.enforce_output_limit(&wr, shared.limits.client_output).and_then(|()| self.flush(&wr))
-                {
-                    return reason;
-                }
-                tokio::task::yield_now().await;
+            if let Err(reason) = self.settle(shared, &mut wr).await {
+                return reason;
             }
-            if self.state == State::Open
-                && let Some(by) = shared.shutdown_by.get()
-            {
-                // Not `Draining`: a client still sending would get a reset on close, and a
-                // reset discards replies still in flight. Shut our side after the last reply
-                // and discard input until the client closes or the grace period ends.
-                self.set_state(State::Lingering { until: by, shut: false });
-            }
-            if self.pending_out() == 0 {
-                match self.state {
-                    State::Draining if !self.reader.is_paused() => return "end of stream".into(),
-                    // Not while a WHATSAT's answer is still to come (the mio driver does, and
-                    // the answer is then lost to a failed write).
-                    State::Lingering { until, shut: false } if !self.reader.is_paused() => {
-                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
-                        self.set_state(State::Lingering { until, shut: true });
-                    }
-                    _ => {}
-                }
-            }
-            let linger = match self.state {
-                State::Lingering { until, .. } => Some(until),
-                _ => None,
-            };
-            let (reading, writing, waiting) = (self.reading(), self.pending_out() > 0, self.answer.is_some());
-            let watching = self.state == State::Open;
+            let linger = self.lc.deadline();
+            let (reading, writing, waiting) = (self.reading(), self.out.pending() > 0, self.answer.is_some());
+            let watching = self.lc.state() == State::Open;
             tokio::select! {
                 biased;
                 changed = shutdown.changed(), if watching => {
@@ -739,7 +670,9 @@ impl Inbound {
                     }
                 }
                 () = sleep_until(linger), if linger.is_some() => {
-                    return "closed: no end of stream after the last reply".into();
+                    if let Action::Close(reason) = self.lc.timeout(Instant::now()) {
+                        return reason.to_string();
+                    }
                 }
                 ready = wr.writable(), if writing => {
                     if let Err(e) = ready.map_err(|e| format!("write error: {e}")).and_then(|()| self.flush(&wr)) {
@@ -774,15 +707,13 @@ async fn serve(
     _open: OpenGuard,
 ) {
     let mut conn = Inbound {
-        id,
-        state: State::Open,
+        lc: Lifecycle::new(id, Kind::Inbound),
         reader: LineReader::new(shared.limits.max_line),
-        out: Vec::new(),
-        out_pos: 0,
-        discarded: 0,
+        out: Outbox::default(),
         answer: None,
     };
     let reason = conn.run(&shared, &mut stream, &mut shutdown).await;
+    conn.lc.close();
     log::info!("c{id} closed: {reason}");
     shared.core.borrow_mut().waiting.remove(&id);
     let deadline = shared.core.borrow().node.poll_timeout();
@@ -810,9 +741,8 @@ fn dial(shared: &Rc<Shared>, core: &mut Core, peer: PeerId) {
     core.links[peer.0] = Some(Link { id, task: task.abort_handle(), wake });
 }
 
-/// The task of our outbound link to a neighbour: dials, then writes what the node queues for
-/// it and reads (and answers into the void) what the neighbour sends. Aborted when the node
-/// drops the link; otherwise tells the node when it ends.
+/// The task of our outbound link to a neighbour (see [`Outbound`]). Aborted when the node drops
+/// the link; otherwise tells the node when it ends.
 async fn link(
     shared: Rc<Shared>,
     peer: PeerId,
@@ -821,7 +751,14 @@ async fn link(
     wake: Rc<Notify>,
     _open: OpenGuard,
 ) {
-    let reason = run_link(&shared, peer, addr, id, &wake).await;
+    let mut link = Outbound {
+        peer,
+        lc: Lifecycle::new(id, Kind::Link),
+        reader: LineReader::new(shared.limits.max_line),
+        answer: None,
+    };
+    let reason = link.run(&shared, addr, &wake).await;
+    link.lc.close();
     log::info!("c{id} closed: {reason}");
     {
         let mut core = shared.core.borrow_mut();
@@ -833,127 +770,150 @@ async fn link(
     drive(&shared);
 }
 
-async fn run_link(shared: &Rc<Shared>, peer: PeerId, addr: SocketAddr, id: u64, wake: &Notify) -> String {
-    let mut stream = match TcpStream::connect(addr).await {
-        Ok(s) => s,
-        Err(e) => return format!("connect failed: {e}"),
-    };
-    let _ = stream.set_nodelay(true);
-    {
-        let mut core = shared.core.borrow_mut();
-        log::info!("c{id} link to {} at {addr}", core.node.peer_name(peer));
-        core.node.handle_link_up(Instant::now(), peer);
+/// Our outbound link to a neighbour: dials, then writes what the node queues for it and reads
+/// (and answers into the void) what the neighbour sends.
+struct Outbound {
+    peer: PeerId,
+    /// Its state and its number in the log, the same [`Lifecycle`] as the mio driver's.
+    lc: Lifecycle,
+    reader: LineReader,
+    /// A WHATSAT from the neighbour (answered into the void) holds back its later lines, as on
+    /// any connection; reading stops until its answer.
+    answer: Option<oneshot::Receiver<Vec<u8>>>,
+}
+
+impl Outbound {
+    /// Dials and serves the link until it ends; returns why it ended.
+    async fn run(&mut self, shared: &Rc<Shared>, addr: SocketAddr, wake: &Notify) -> String {
+        let mut stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => return format!("connect failed: {e}"),
+        };
+        let _ = stream.set_nodelay(true);
+        self.lc.connected();
+        {
+            let mut core = shared.core.borrow_mut();
+            log::info!("c{} link to {} at {addr}", self.lc.id(), core.node.peer_name(self.peer));
+            core.node.handle_link_up(Instant::now(), self.peer);
+        }
+        drive(shared);
+        let (rd, wr) = stream.split();
+        loop {
+            let writing = !shared.core.borrow().node.peer_transmit(self.peer).is_empty();
+            let (reading, waiting) = (self.lc.reading(self.reader.is_paused()), self.answer.is_some());
+            let linger = self.lc.deadline();
+            tokio::select! {
+                biased;
+                () = sleep_until(linger), if linger.is_some() => {
+                    if let Action::Close(reason) = self.lc.timeout(Instant::now()) {
+                        return reason.to_string();
+                    }
+                }
+                answered = answer(&mut self.answer), if waiting => {
+                    self.answer = None;
+                    if answered.is_err() {
+                        return "the WHATSAT answer was lost".into();
+                    }
+                    self.feed(shared, Instant::now(), Input::Resume);
+                    drive(shared);
+                }
+                ready = wr.writable(), if writing => {
+                    if let Err(e) = ready {
+                        return format!("write error: {e}");
+                    }
+                    let written = write_link(shared, self.peer, &wr);
+                    // A refused write may have passed the peer's output limit: the node then drops
+                    // the link (`Output::Disconnect` aborts this task at its next `.await`).
+                    drive(shared);
+                    if let Err(reason) = written {
+                        return reason;
+                    }
+                    if shared.shutdown_by.get().is_some() {
+                        shared.wake.notify_one();
+                    }
+                }
+                ready = rd.readable(), if reading => {
+                    if let Err(e) = ready {
+                        return format!("read error: {e}");
+                    }
+                    let result = self.read(shared, &rd);
+                    drive(shared);
+                    match result {
+                        Ok(true) => tokio::task::yield_now().await,
+                        Ok(false) => {}
+                        Err(reason) => return reason,
+                    }
+                }
+                () = wake.notified(), if !writing => {}
+            }
+        }
     }
-    drive(shared);
-    let (rd, wr) = stream.split();
-    let mut reader = LineReader::new(shared.limits.max_line);
-    // Set after an over-long line from the neighbour: input is discarded until then.
-    let mut linger: Option<Instant> = None;
-    let mut discarded = 0;
-    // A WHATSAT from the neighbour (answered into the void) holds back its later lines, as on
-    // any connection; reading stops until its answer.
-    let mut pending_answer: Option<oneshot::Receiver<Vec<u8>>> = None;
-    loop {
-        let writing = !shared.core.borrow().node.peer_transmit(peer).is_empty();
-        let (reading, waiting) = (!reader.is_paused(), pending_answer.is_some());
-        tokio::select! {
-            biased;
-            () = sleep_until(linger), if linger.is_some() => {
-                return "closed: no end of stream after the last reply".into();
+
+    /// Reads until the socket would block, the read budget is spent, or the reader pauses;
+    /// `Ok(true)` if the budget ran out.
+    fn read(&mut self, shared: &Shared, rd: &ReadHalf<'_>) -> Result<bool, String> {
+        let shutting_down = shared.shutdown_by.get().is_some();
+        let mut budget = shared.limits.read_budget;
+        while budget > 0 && !self.reader.is_paused() {
+            let mut scratch = shared.scratch.borrow_mut();
+            let Some(n) = read_some(|buf| rd.try_read(buf), &mut scratch[..budget.min(READ_CHUNK)])? else {
+                return Ok(false);
+            };
+            budget -= n;
+            if self.lc.is_lingering() {
+                // A link has no replies pending: its lines' replies go nowhere.
+                if let Action::Close(reason) = self.lc.discard(n, 0, shutting_down) {
+                    return Err(reason.to_string());
+                }
+                continue;
             }
-            answered = answer(&mut pending_answer), if waiting => {
-                pending_answer = None;
-                if answered.is_err() {
-                    return "the WHATSAT answer was lost".into();
-                }
-                let now = Instant::now();
-                let fed = feed_link(shared, id, &mut reader, now, Input::Resume);
-                if fed.paused {
-                    pending_answer = Some(await_answer(shared, id));
-                }
-                if fed.overlong {
-                    linger = Some(now + LINGER);
-                }
-                drive(shared);
+            let input = if n == 0 { Input::End } else { Input::Data(&scratch[..n]) };
+            self.feed(shared, Instant::now(), input);
+            if n == 0
+                && let Action::Close(reason) = self.lc.end_of_stream(0, false)
+            {
+                return Err(reason.to_string());
             }
-            ready = wr.writable(), if writing => {
-                if let Err(e) = ready {
-                    return format!("write error: {e}");
-                }
-                let written = write_link(shared, peer, &wr);
-                // A refused write may have passed the peer's output limit: the node then drops
-                // the link (`Output::Disconnect` aborts this task at its next `.await`).
-                drive(shared);
-                if let Err(reason) = written {
-                    return reason;
-                }
-                if shared.shutdown_by.get().is_some() {
-                    shared.wake.notify_one();
-                }
-            }
-            ready = rd.readable(), if reading => {
-                if let Err(e) = ready {
-                    return format!("read error: {e}");
-                }
-                let mut budget = shared.limits.read_budget;
-                let mut end = None;
-                while budget > 0 && !reader.is_paused() {
-                    let mut scratch = shared.scratch.borrow_mut();
-                    let n = match rd.try_read(&mut scratch[..budget.min(READ_CHUNK)]) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            end = Some(format!("read error: {e}"));
-                            break;
-                        }
-                    };
-                    budget -= n;
-                    if linger.is_some() {
-                        discarded += n;
-                        if n == 0 {
-                            end = Some("end of stream after the last reply".into());
-                            break;
-                        }
-                        if discarded > LINGER_BYTES {
-                            end = Some(format!("more than {LINGER_BYTES} bytes sent after the last reply"));
-                            break;
-                        }
-                        continue;
-                    }
-                    let now = Instant::now();
-                    let input = if n == 0 { Input::End } else { Input::Data(&scratch[..n]) };
-                    let fed = feed_link(shared, id, &mut reader, now, input);
-                    if fed.paused {
-                        pending_answer = Some(await_answer(shared, id));
-                    }
-                    if fed.overlong {
-                        linger = Some(now + LINGER);
-                    }
-                    if n == 0 {
-                        end = Some("closed by the peer".into());
-                        break;
-                    }
-                }
-                drive(shared);
-                if let Some(reason) = end {
-                    return reason;
-                }
-                if budget == 0 {
-                    tokio::task::yield_now().await;
-                }
-            }
-            () = wake.notified(), if !writing => {}
+        }
+        Ok(budget == 0)
+    }
+
+    /// Hands lines to the node (their replies go nowhere but the log); registers for the answer
+    /// to a WHATSAT that paused the reader, and lingers after an over-long line.
+    fn feed(&mut self, shared: &Shared, now: Instant, input: Input<'_>) {
+        let (fed, answer) = feed(shared, self.lc.id(), &mut self.reader, None, now, input);
+        if answer.is_some() {
+            self.answer = answer;
+        }
+        if fed.overlong {
+            self.lc.overlong(now);
         }
     }
 }
 
-/// Hands lines received on a link to the node; their replies go nowhere (but to the log).
-fn feed_link(shared: &Shared, id: u64, reader: &mut LineReader, now: Instant, input: Input<'_>) -> Fed {
-    let mut core = shared.core.borrow_mut();
-    let Core { node, discard, .. } = &mut *core;
-    discard.clear();
-    feed_lines(node, id, reader, discard, shared.limits.max_line, now, unix_nanos(), input)
+/// Hands the lines of connection `id` to the node, with their replies appended to `out`, or
+/// (`None`, a link's) dropped after they are logged. Returns what stopped the lines and, if a
+/// WHATSAT paused the reader, where its answer will come.
+fn feed(
+    shared: &Shared,
+    id: u64,
+    reader: &mut LineReader,
+    out: Option<&mut Vec<u8>>,
+    now: Instant,
+    input: Input<'_>,
+) -> (Fed, Option<oneshot::Receiver<Vec<u8>>>) {
+    let fed = {
+        let mut core = shared.core.borrow_mut();
+        let Core { node, discard, .. } = &mut *core;
+        let out = out.unwrap_or_else(|| {
+            discard.clear();
+            discard
+        });
+        let feed = Feed { node, id, reader, out, max_line: shared.limits.max_line, now, wall: unix_nanos() };
+        feed_lines(feed, input)
+    };
+    let answer = fed.paused.then(|| await_answer(shared, id));
+    (fed, answer)
 }
 
 /// Registers connection `id` for the answer to the WHATSAT its reader paused on.
@@ -971,16 +931,13 @@ fn write_link(shared: &Rc<Shared>, peer: PeerId, wr: &WriteHalf<'_>) -> Result<(
         if data.is_empty() {
             return Ok(());
         }
-        match wr.try_write(data) {
-            Ok(0) => return Err("write returned 0".into()),
+        match write_some(|d| wr.try_write(d), data)? {
             // Writing may top up a resync, so the loop asks again.
-            Ok(n) => core.node.peer_sent(peer, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Some(n) => core.node.peer_sent(peer, n),
+            None => {
                 core.node.peer_blocked(Instant::now(), peer);
                 return Ok(());
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("write error: {e}")),
         }
     }
 }

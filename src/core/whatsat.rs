@@ -25,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use super::{ConnId, Output, WhatsatPolicy, QueryId, Stats};
+use super::{ConnId, Output, QueryId, Stats, WhatsatPolicy};
 use crate::places::PlacesApi;
 use crate::places::client::Failure;
 use crate::places::response::Response;

@@ -1,9 +1,14 @@
 //! Drivers: the event loops that move bytes and time in and out of a [`Node`]. The mio reactor
 //! is the product; the tokio twin (`benches/twin/`) is the benchmarks' contrast. What both do
-//! the same way between a socket's bytes and the node lives here, so only the event loop differs.
+//! the same way between a socket's bytes and the node lives here, so only the event loop differs:
+//! the connection lifecycle ([`conn`]), the reply buffer ([`outbox`]), handing lines to the node
+//! ([`feed_lines`]) and the one-call read and write steps ([`read_some`], [`write_some`]).
 
+pub mod conn;
 pub mod mio;
+pub mod outbox;
 
+use std::io;
 use std::ops::ControlFlow;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,26 +33,35 @@ pub struct Fed {
     pub overlong: bool,
     /// A WHATSAT waits for Places; no more lines until it is answered.
     pub paused: bool,
-    /// This feed appended more than [`FEED_OUTPUT`](crate::limits::FEED_OUTPUT) bytes of replies: the remaining lines are
-    /// held back until the driver has written what it can and resumes them
-    /// ([`Input::Resume`]) on a later turn.
+    /// This feed appended more than [`FEED_OUTPUT`] bytes of replies: the remaining lines are
+    /// held back until the driver has written what it can and resumes them ([`Input::Resume`])
+    /// on a later turn.
     pub full: bool,
 }
 
-/// Hands the complete lines of connection `id` to the node, appending replies to `out` and
-/// logging both (`c<id> < line`, `c<id> > reply`). An over-long line gets `? ` and its first
+/// One connection's side of [`feed_lines`]: whose lines, and where their replies go.
+pub struct Feed<'a> {
+    /// The node that answers.
+    pub node: &'a mut Node,
+    /// The connection's number in the log (and its [`ConnId`]).
+    pub id: u64,
+    /// The connection's framing.
+    pub reader: &'a mut LineReader,
+    /// Where replies are appended.
+    pub out: &'a mut Vec<u8>,
+    /// The line length limit, for the log line of an over-long line.
+    pub max_line: usize,
+    /// The monotonic time of the input.
+    pub now: Instant,
+    /// The wall-clock receive time of the input, in nanoseconds since the epoch.
+    pub wall: i128,
+}
+
+/// Hands the complete lines of connection `feed.id` to the node, appending replies to `feed.out`
+/// and logging both (`c<id> < line`, `c<id> > reply`). An over-long line gets `? ` and its first
 /// [`OVERLONG_ECHO`] bytes; a WHATSAT waiting for Places pauses the framing.
-#[allow(clippy::too_many_arguments)]
-pub fn feed_lines(
-    node: &mut Node,
-    id: u64,
-    reader: &mut LineReader,
-    out: &mut Vec<u8>,
-    max_line: usize,
-    now: Instant,
-    wall: i128,
-    input: Input<'_>,
-) -> Fed {
+pub fn feed_lines(feed: Feed<'_>, input: Input<'_>) -> Fed {
+    let Feed { node, id, reader, out, max_line, now, wall } = feed;
     let mut fed = Fed::default();
     let fed_from = out.len();
     let mut on_frame = |frame: Frame<'_>| {
@@ -89,5 +103,38 @@ pub fn unix_nanos() -> i128 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i128,
         Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+/// One non-blocking read into `buf` with `read`: `Some(n)` bytes (0: end of stream), `None` if
+/// it would block, or why the connection failed. Retries when interrupted.
+pub fn read_some(
+    mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    buf: &mut [u8],
+) -> Result<Option<usize>, String> {
+    loop {
+        return match read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(format!("read error: {e}")),
+        };
+    }
+}
+
+/// One non-blocking write of `data` with `write`: `Some(n)` bytes taken, `None` if it would
+/// block, or why the connection failed. Retries when interrupted.
+pub fn write_some(
+    mut write: impl FnMut(&[u8]) -> io::Result<usize>,
+    data: &[u8],
+) -> Result<Option<usize>, String> {
+    loop {
+        return match write(data) {
+            Ok(0) => Err("write returned 0".into()),
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(format!("write error: {e}")),
+        };
     }
 }

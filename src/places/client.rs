@@ -76,7 +76,9 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoKey => f.write_str("no Places API key"),
-            Self::Setup(s) | Self::Resolve(s) | Self::Connect(s) | Self::Io(s) | Self::Tls(s) => f.write_str(s),
+            Self::Setup(s) | Self::Resolve(s) | Self::Connect(s) | Self::Io(s) | Self::Tls(s) => {
+                f.write_str(s)
+            }
             Self::Http(e) => write!(f, "{e}"),
         }
     }

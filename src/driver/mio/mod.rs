@@ -12,15 +12,24 @@
 //!    and the readiness bits are kept here);
 //! 6. close the connections marked for closing, only now, so a slab key (the token) is never
 //!    reused within a batch.
+//!
+//! What happens to a connection (open, draining, lingering, closed, and why) is decided by its
+//! [`Lifecycle`], shared with the tokio twin; this module only carries the decisions out. Files:
+//! this one holds the loop and the shutdown, `accept.rs` new connections both ways (accepted and
+//! dialled), `read.rs` reading and handing lines to the node, `write.rs` writing, lingering
+//! deadlines and closing, `places.rs` the HTTPS connections to Places.
 
+mod accept;
 mod places;
+mod read;
+mod write;
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -28,9 +37,11 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use super::{Fed, Input, feed_lines, unix_nanos};
+use super::conn::{Action, Kind, Lifecycle, State};
+use super::outbox::Outbox;
 use crate::config::Limits;
-use crate::core::{ConnId, Node, Output, PeerId};
+use crate::core::{Node, Output, PeerId};
+use crate::limits::{READ_CHUNK, SHUTDOWN_GRACE};
 use crate::logging;
 use crate::proto::LineReader;
 
@@ -42,22 +53,6 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// The Places resolver thread wakes the loop with this token.
 const WAKER: Token = Token(usize::MAX - 3);
 
-/// Size of the shared read buffer: complete lines are handled straight from it.
-const READ_CHUNK: usize = 64 << 10;
-/// Connections accepted per turn before others get their turn.
-const ACCEPT_BUDGET: usize = 1024;
-/// How long a connection closed for a protocol error keeps draining its input after the reply,
-/// so the reply is not lost to a reset.
-const LINGER: Duration = Duration::from_millis(500);
-/// Input discarded while lingering before the connection is cut.
-const LINGER_BYTES: usize = 1 << 20;
-/// How long a shutdown waits for replies and floods already computed to be written.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// After an accept error such as "too many open files", wait this long before trying again.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-/// Capacity above which an emptied client output buffer is released rather than kept.
-const KEEP_OUTPUT: usize = 16 << 10;
-
 /// Who is at the other end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -67,70 +62,61 @@ enum Role {
     Link(PeerId),
 }
 
-/// A connection's lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Outbound dial in progress.
-    Connecting,
-    /// Reading lines and writing replies.
-    Open,
-    /// No more input will be read (end of stream, or shutdown); close once replies are written.
-    Draining,
-    /// A protocol error was answered; once it is written the write side is shut and input is
-    /// discarded until end of stream or `until`.
-    Lingering { until: Instant, shut: bool },
-    /// Closed; removed at the end of the turn.
-    Closed,
-}
-
 struct Conn {
     stream: TcpStream,
-    /// A number for the log that, unlike the slab key, is never reused.
-    id: u64,
     role: Role,
-    state: State,
+    /// Its state, and its number in the log (`c<id>`) that, unlike the slab key, is never reused.
+    lc: Lifecycle,
     reader: LineReader,
-    out: Vec<u8>,
-    out_pos: usize,
+    /// Replies (inbound connections only: a link's bytes are the node's `peer_transmit`).
+    out: Outbox,
     readable: bool,
     writable: bool,
     /// In the service queue.
     queued: bool,
     /// In the flush list.
     dirty: bool,
-    /// Bytes discarded while lingering.
-    discarded: usize,
 }
 
 impl Conn {
-    fn new(stream: TcpStream, id: u64, role: Role, state: State, max_line: usize) -> Self {
+    fn new(stream: TcpStream, id: u64, role: Role, max_line: usize) -> Self {
+        let kind = match role {
+            Role::Inbound => Kind::Inbound,
+            Role::Link(_) => Kind::Link,
+        };
         Self {
             stream,
-            id,
             role,
-            state,
+            lc: Lifecycle::new(id, kind),
             reader: LineReader::new(max_line),
-            out: Vec::new(),
-            out_pos: 0,
+            out: Outbox::default(),
             readable: false,
             writable: false,
             queued: false,
             dirty: false,
-            discarded: 0,
         }
     }
 
-    /// The one place the state changes.
-    fn set_state(&mut self, state: State) {
-        log::debug!("c{}: {:?} -> {:?}", self.id, self.state, state);
-        self.state = state;
+    fn id(&self) -> u64 {
+        self.lc.id()
     }
 
-    fn pending_out(&self) -> usize {
-        self.out.len() - self.out_pos
+    /// Puts connection `key` (this one) in the service queue, once.
+    fn enqueue(&mut self, key: usize, ready: &mut Vec<usize>) {
+        if !self.queued {
+            self.queued = true;
+            ready.push(key);
+        }
+    }
+
+    /// Puts connection `key` (this one) in the flush list, once.
+    fn mark_dirty(&mut self, key: usize, dirty: &mut Vec<usize>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(key);
+        }
     }
 }
-
 /// Where a herd member listens and dials.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
@@ -177,12 +163,13 @@ pub struct Reactor {
     dirty: Vec<usize>,
     /// Connections to remove at the end of the turn.
     closing: Vec<usize>,
-    /// Connections in [`State::Lingering`], by key and log id (a key may be reused later), so
-    /// deadlines are found without scanning every connection.
+    /// Deadlines of connections in [`State::Lingering`], by key and log id (a key may be reused
+    /// later), so they are found without scanning every connection.
     lingering: Vec<(Instant, usize, u64)>,
     /// Replies to lines that arrive on our own outbound links, which are not sent anywhere.
     discard: Vec<u8>,
-    /// Connections waiting for a WHATSAT's Places answer, by log id (the node's [`ConnId`]).
+    /// Connections waiting for a WHATSAT's Places answer, by log id (the node's
+    /// [`ConnId`](crate::core::ConnId)).
     paused: HashMap<u64, usize>,
     /// The Places connections.
     upstream: Upstream,
@@ -281,10 +268,7 @@ impl Reactor {
                         let Some(c) = self.conns.get_mut(key) else { continue };
                         c.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
                         c.writable |= event.is_writable() || event.is_error();
-                        if !c.queued {
-                            c.queued = true;
-                            self.ready.push(key);
-                        }
+                        c.enqueue(key, &mut self.ready);
                     }
                 }
             }
@@ -361,110 +345,22 @@ impl Reactor {
             let _ = self.poll.registry().deregister(&mut l);
         }
         self.accept_ready = false;
-        self.shutdown_by = Some(now + SHUTDOWN_GRACE);
         let by = now + SHUTDOWN_GRACE;
+        self.shutdown_by = Some(by);
         for (key, c) in &mut self.conns {
-            if c.role == Role::Inbound && c.state == State::Open {
-                // Not `Draining`: a client still sending would get a reset on close, and a reset
-                // discards replies still in flight. Shut our side after the last reply and
-                // discard input until the client closes or the grace period ends.
-                c.set_state(State::Lingering { until: by, shut: false });
-                self.lingering.push((by, key, c.id));
-                if !c.dirty {
-                    c.dirty = true;
-                    self.dirty.push(key);
-                }
+            if let Action::Linger(until) = c.lc.shutdown(by) {
+                self.lingering.push((until, key, c.id()));
+                // Written this turn, so the write side is shut at once if nothing is pending.
+                c.mark_dirty(key, &mut self.dirty);
             }
         }
     }
 
     fn idle_at_shutdown(&self, c: &Conn) -> bool {
         match c.role {
-            Role::Inbound => c.state == State::Closed,
-            Role::Link(p) => c.state != State::Open || self.node.peer_transmit(p).is_empty(),
+            Role::Inbound => c.lc.is_closed(),
+            Role::Link(p) => c.lc.state() != State::Open || self.node.peer_transmit(p).is_empty(),
         }
-    }
-
-    fn accept(&mut self, now: Instant) {
-        let Some(listener) = &self.listener else { return };
-        for _ in 0..ACCEPT_BUDGET {
-            let (mut stream, addr) = match listener.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept_ready = false;
-                    self.accept_retry = None;
-                    return;
-                }
-                // Errors of one connection (it was reset while queued): go on with the next.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted
-                            | io::ErrorKind::ConnectionAborted
-                            | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    continue;
-                }
-                Err(e) => {
-                    // Typically EMFILE: the pending connection stays queued; retry soon rather
-                    // than spin, since an edge-triggered listener will not say so again.
-                    log::warn!("accept failed: {e}");
-                    self.accept_retry = Some(now + ACCEPT_RETRY);
-                    return;
-                }
-            };
-            if self.conns.len() >= self.limits.max_connections {
-                log::warn!("refused {addr}: connection limit of {} reached", self.limits.max_connections);
-                continue;
-            }
-            let _ = stream.set_nodelay(true);
-            let id = self.next_id;
-            self.next_id += 1;
-            let entry = self.conns.vacant_entry();
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                Token(entry.key()),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                log::warn!("cannot register connection from {addr}: {e}");
-                continue;
-            }
-            log::info!("c{id} new connection from {addr}");
-            // Edge-triggered: data may already be waiting, so serve it without waiting for an event.
-            let mut conn = Conn::new(stream, id, Role::Inbound, State::Open, self.limits.max_line);
-            conn.readable = true;
-            conn.writable = true;
-            conn.queued = true;
-            self.ready.push(entry.key());
-            entry.insert(conn);
-        }
-        self.accept_retry = None;
-    }
-
-    fn dial(&mut self, now: Instant, peer: PeerId) {
-        let addr = self.peers[peer.0];
-        let mut stream = match TcpStream::connect(addr) {
-            Ok(s) => s,
-            Err(e) => {
-                self.node.handle_link_down(now, peer, &format!("connect to {addr}: {e}"));
-                return;
-            }
-        };
-        let entry = self.conns.vacant_entry();
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(entry.key()),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            self.node.handle_link_down(now, peer, &format!("register: {e}"));
-            return;
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        log::debug!("c{id} dialling {} at {addr}", self.node.peer_name(peer));
-        self.links[peer.0] = Some(entry.key());
-        entry.insert(Conn::new(stream, id, Role::Link(peer), State::Connecting, self.limits.max_line));
     }
 
     fn drain_outputs(&mut self, now: Instant) {
@@ -496,391 +392,5 @@ impl Reactor {
             }
             self.drain_outputs(now);
         }
-    }
-
-    /// A WHATSAT's reply is ready: write it and give the connection its next lines.
-    fn deliver_reply(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
-        let Some(key) = self.paused.remove(&conn.0) else { return };
-        let Some(c) = self.conns.get_mut(key).filter(|c| c.id == conn.0) else { return };
-        if c.role == Role::Inbound {
-            log::info!("c{} > {}", c.id, bytes.strip_suffix(b"\n").unwrap_or(bytes).escape_ascii());
-            c.out.extend_from_slice(bytes);
-        }
-        self.resume_lines(key, now);
-    }
-
-    /// Hands connection `key` the lines held back behind a WHATSAT now answered, or behind a
-    /// feed that filled [`FEED_OUTPUT`](crate::limits::FEED_OUTPUT).
-    fn resume_lines(&mut self, key: usize, now: Instant) {
-        let Self { conns, node, discard, limits, dirty, ready, paused, .. } = self;
-        let Some(c) = conns.get_mut(key) else { return };
-        let conn = c.id;
-        let fed = feed_conn(node, c, discard, limits, now, unix_nanos(), Input::Resume);
-        if c.pending_out() > 0 && !c.dirty {
-            c.dirty = true;
-            dirty.push(key);
-        }
-        if fed.paused {
-            paused.insert(c.id, key);
-        } else if fed.full {
-            // More lines wait: serve them next turn, after this turn's writes.
-            if !c.queued {
-                c.queued = true;
-                ready.push(key);
-            }
-        } else if c.readable && c.state == State::Open && !c.queued {
-            // Reading stopped at the WHATSAT; whatever followed it is read now.
-            c.queued = true;
-            ready.push(key);
-        }
-        if fed.overlong {
-            let until = now + LINGER;
-            c.set_state(State::Lingering { until, shut: false });
-            self.lingering.push((until, key, conn));
-        }
-        if c.pending_out() > limits.client_output {
-            self.enforce_output_limit(key, now);
-        }
-    }
-
-    /// Serves one connection's readiness.
-    fn service(&mut self, key: usize, now: Instant) {
-        let Some(c) = self.conns.get_mut(key) else { return };
-        if c.state == State::Connecting {
-            if !c.writable {
-                return;
-            }
-            let Role::Link(peer) = c.role else { return };
-            // mio's documented way to finish a non-blocking connect: a writable event, then
-            // `take_error`, then `peer_addr` (NotConnected means not yet).
-            match c.stream.take_error() {
-                Ok(None) => {}
-                Ok(Some(e)) | Err(e) => return self.close(key, now, &format!("connect failed: {e}"), true),
-            }
-            match c.stream.peer_addr() {
-                Ok(addr) => {
-                    let _ = c.stream.set_nodelay(true);
-                    c.set_state(State::Open);
-                    log::info!("c{} link to {} at {addr}", c.id, self.node.peer_name(peer));
-                    self.node.handle_link_up(now, peer);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                    c.writable = false;
-                    return;
-                }
-                Err(e) => return self.close(key, now, &format!("connect failed: {e}"), true),
-            }
-        }
-        let Some(c) = self.conns.get_mut(key) else { return };
-        if c.reader.is_paused() && !self.paused.contains_key(&c.id) && c.state != State::Closed {
-            // Held back by a full feed, not by a WHATSAT: this turn's writes are done.
-            self.resume_lines(key, now);
-        }
-        let Some(c) = self.conns.get_mut(key) else { return };
-        if c.writable && c.pending_out() > 0 && !c.dirty {
-            c.dirty = true;
-            self.dirty.push(key);
-        }
-        if c.readable {
-            self.read(key, now);
-        }
-    }
-
-    fn read(&mut self, key: usize, now: Instant) {
-        let Self {
-            conns, node, scratch, discard, limits, dirty, ready, lingering, paused, shutdown_by, ..
-        } = self;
-        let Some(c) = conns.get_mut(key) else { return };
-        // At shutdown, a client may still be sending while it reads the replies computed before
-        // the signal: keep discarding until the grace period ends rather than cut it (and lose
-        // those replies to the reset) after `LINGER_BYTES`.
-        let linger_cap = if shutdown_by.is_some() { usize::MAX } else { LINGER_BYTES };
-        let mut budget = limits.read_budget;
-        let mut close: Option<String> = None;
-        let mut over_limit = false;
-        loop {
-            let reading = matches!(c.state, State::Open | State::Lingering { .. }) && !c.reader.is_paused();
-            if !reading {
-                break;
-            }
-            if budget == 0 {
-                // Budget spent with data perhaps still waiting: serve again next turn.
-                if !c.queued {
-                    c.queued = true;
-                    ready.push(key);
-                }
-                break;
-            }
-            let n = match c.stream.read(&mut scratch[..budget.min(READ_CHUNK)]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.readable = false;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    close = Some(format!("read error: {e}"));
-                    break;
-                }
-            };
-            // The receive time of the lines in this chunk (not of the first read of the turn:
-            // a long read loop would make later lines look older than they are).
-            let wall = unix_nanos();
-            budget -= n;
-            if let State::Lingering { .. } = c.state {
-                c.discarded += n;
-                if n == 0 {
-                    // End of stream: close once the last replies are written.
-                    c.readable = false;
-                    if c.pending_out() == 0 {
-                        close = Some("end of stream after the last reply".into());
-                    } else {
-                        c.set_state(State::Draining);
-                    }
-                    break;
-                }
-                if c.discarded > linger_cap {
-                    close = Some(format!("more than {LINGER_BYTES} bytes sent after the last reply"));
-                    break;
-                }
-                continue;
-            }
-            let input = if n == 0 { Input::End } else { Input::Data(&scratch[..n]) };
-            let fed = feed_conn(node, c, discard, limits, now, wall, input);
-            if fed.paused {
-                paused.insert(c.id, key);
-            }
-            if fed.full && !c.queued {
-                // The lines left are handed on next turn (see `service`).
-                c.queued = true;
-                ready.push(key);
-            }
-            if c.pending_out() > limits.client_output {
-                // Write what the socket takes before judging (see `enforce_output_limit`).
-                over_limit = true;
-                break;
-            }
-            if c.pending_out() > 0 && !c.dirty {
-                c.dirty = true;
-                dirty.push(key);
-            }
-            if fed.overlong {
-                c.set_state(State::Lingering { until: now + LINGER, shut: false });
-                lingering.push((now + LINGER, key, c.id));
-                continue;
-            }
-            if n == 0 {
-                c.readable = false;
-                match c.role {
-                    Role::Inbound => c.set_state(State::Draining),
-                    Role::Link(_) => close = Some("closed by the peer".into()),
-                }
-                if c.pending_out() == 0 && !c.reader.is_paused() && close.is_none() {
-                    close = Some("end of stream".into());
-                }
-                break;
-            }
-            if fed.paused {
-                // The rest waits until the WHATSAT is answered (see `deliver_reply`).
-                break;
-            }
-        }
-        if let Some(reason) = close {
-            self.close(key, now, &reason, true);
-        } else if over_limit {
-            self.enforce_output_limit(key, now);
-        }
-    }
-
-    /// Replies queued past `client_output`: write what the socket takes now, and close the
-    /// connection only if the rest is still over the limit (it does not read). Reading goes on
-    /// next turn otherwise. Counting only what the socket refused means a client that reads is
-    /// never cut for a burst of pipelined requests.
-    fn enforce_output_limit(&mut self, key: usize, now: Instant) {
-        self.flush(key, now);
-        let limit = self.limits.client_output;
-        let Some(c) = self.conns.get_mut(key) else { return };
-        if c.state == State::Closed {
-            return;
-        }
-        if c.pending_out() > limit {
-            let reason = format!("output limit of {limit} bytes reached (client does not read)");
-            self.close(key, now, &reason, true);
-        } else if c.readable && !c.queued {
-            c.queued = true;
-            self.ready.push(key);
-        }
-    }
-
-    /// Writes every connection's queued bytes: replies for clients, floods for links.
-    fn flush_all(&mut self, now: Instant) {
-        for peer in 0..self.links.len() {
-            if let Some(key) = self.links[peer]
-                && !self.node.peer_transmit(PeerId(peer)).is_empty()
-                && let Some(c) = self.conns.get_mut(key)
-                && !c.dirty
-            {
-                c.dirty = true;
-                self.dirty.push(key);
-            }
-        }
-        let dirty = std::mem::take(&mut self.dirty);
-        for &key in &dirty {
-            if let Some(c) = self.conns.get_mut(key) {
-                c.dirty = false;
-            }
-            self.flush(key, now);
-        }
-        let mut dirty = dirty;
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
-        }
-    }
-
-    fn flush(&mut self, key: usize, now: Instant) {
-        let Some(c) = self.conns.get_mut(key) else { return };
-        if !c.writable || matches!(c.state, State::Connecting | State::Closed) {
-            return;
-        }
-        let mut failed = None;
-        match c.role {
-            Role::Link(peer) => loop {
-                let data = self.node.peer_transmit(peer);
-                if data.is_empty() {
-                    break;
-                }
-                match write_some(&mut c.stream, data) {
-                    Ok(Some(n)) => self.node.peer_sent(peer, n),
-                    Ok(None) => {
-                        c.writable = false;
-                        self.node.peer_blocked(now, peer);
-                        break;
-                    }
-                    Err(reason) => {
-                        failed = Some(reason);
-                        break;
-                    }
-                }
-            },
-            Role::Inbound => {
-                while c.pending_out() > 0 {
-                    match write_some(&mut c.stream, &c.out[c.out_pos..]) {
-                        Ok(Some(n)) => c.out_pos += n,
-                        Ok(None) => {
-                            c.writable = false;
-                            break;
-                        }
-                        Err(reason) => {
-                            failed = Some(reason);
-                            break;
-                        }
-                    }
-                }
-                if c.pending_out() == 0 {
-                    c.out.clear();
-                    c.out_pos = 0;
-                    if c.out.capacity() > KEEP_OUTPUT {
-                        c.out = Vec::new();
-                    }
-                    match c.state {
-                        State::Draining if !c.reader.is_paused() => failed = Some("end of stream".into()),
-                        // Not while a WHATSAT's answer is still to come (shutdown can begin
-                        // while Places is being asked).
-                        State::Lingering { until, shut: false } if !c.reader.is_paused() => {
-                            let _ = c.stream.shutdown(Shutdown::Write);
-                            c.set_state(State::Lingering { until, shut: true });
-                        }
-                        _ => {}
-                    }
-                } else if c.out_pos > c.out.len() / 2 {
-                    c.out.drain(..c.out_pos);
-                    c.out_pos = 0;
-                }
-            }
-        }
-        if let Some(reason) = failed {
-            self.close(key, now, &reason, true);
-        }
-    }
-
-    fn expire_lingerers(&mut self, now: Instant) {
-        let mut i = 0;
-        while i < self.lingering.len() {
-            let (until, key, id) = self.lingering[i];
-            let live =
-                self.conns.get(key).is_some_and(|c| c.id == id && matches!(c.state, State::Lingering { .. }));
-            if !live {
-                self.lingering.swap_remove(i);
-            } else if until <= now {
-                self.lingering.swap_remove(i);
-                self.close(key, now, "closed: no end of stream after the last reply", true);
-            } else {
-                i += 1;
-            }
-        }
-    }
-
-    /// Marks a connection closed; it is removed at the end of the turn. `notify` tells the node
-    /// when a link it still counts as up or connecting has gone.
-    fn close(&mut self, key: usize, now: Instant, reason: &str, notify: bool) {
-        let Some(c) = self.conns.get_mut(key) else { return };
-        if c.state == State::Closed {
-            return;
-        }
-        c.set_state(State::Closed);
-        log::info!("c{} closed: {reason}", c.id);
-        self.paused.remove(&c.id);
-        if let Role::Link(peer) = c.role
-            && self.links[peer.0] == Some(key)
-        {
-            self.links[peer.0] = None;
-            if notify {
-                self.node.handle_link_down(now, peer, reason);
-            }
-        }
-        self.closing.push(key);
-    }
-
-    fn remove_closed(&mut self) {
-        for key in self.closing.drain(..) {
-            let mut c = self.conns.remove(key);
-            let _ = self.poll.registry().deregister(&mut c.stream);
-        }
-    }
-}
-
-/// [`feed_lines`] for one connection: replies go to its output, or to `discard` for our own
-/// outbound links, whose replies go nowhere.
-fn feed_conn(
-    node: &mut Node,
-    c: &mut Conn,
-    discard: &mut Vec<u8>,
-    limits: &Limits,
-    now: Instant,
-    wall: i128,
-    input: Input<'_>,
-) -> Fed {
-    let out = match c.role {
-        Role::Inbound => &mut c.out,
-        Role::Link(_) => {
-            discard.clear();
-            discard
-        }
-    };
-    feed_lines(node, c.id, &mut c.reader, out, limits.max_line, now, wall, input)
-}
-
-/// One non-blocking write: `Some(n)` bytes taken, `None` if the socket would block, or why the
-/// connection failed.
-fn write_some(stream: &mut TcpStream, data: &[u8]) -> Result<Option<usize>, String> {
-    loop {
-        return match stream.write(data) {
-            Ok(0) => Err("write returned 0".into()),
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => Err(format!("write error: {e}")),
-        };
     }
 }

@@ -130,7 +130,13 @@ impl Upstream {
     fn connect(&mut self, registry: &Registry, now: Instant, conn: ConnId, addr: SocketAddr) {
         let mut stream = match TcpStream::connect(addr) {
             Ok(s) => s,
-            Err(e) => return self.client.handle_failed(now, conn, Failure::Connect(format!("connect to {addr}: {e}"))),
+            Err(e) => {
+                return self.client.handle_failed(
+                    now,
+                    conn,
+                    Failure::Connect(format!("connect to {addr}: {e}")),
+                );
+            }
         };
         let token = Token(PLACES_BASE + conn as usize);
         if let Err(e) = registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {

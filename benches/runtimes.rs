@@ -23,9 +23,11 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use herd::config::Limits;
 use herd::core::{Node, NodeConfig};
-use herd::driver::mio::{Endpoints, PlacesTarget, Reactor, Stopper};
+use herd::driver::Endpoints;
+use herd::driver::mio::{Reactor, Stopper};
 use herd::places::Endpoint;
 use herd::places::PlacesApi;
+use herd::places::client::Target;
 
 mod twin;
 
@@ -91,7 +93,7 @@ enum Started {
 /// Starts a `kind` server for `node`. A launcher thread pinned to the server core starts it, so
 /// every thread of the server (the mio reactor, which is the launcher itself; the twin's runtime
 /// thread, which the launcher spawns; a resolver) runs there.
-fn start(kind: Kind, node: Node, endpoints: Endpoints, places: PlacesTarget) -> Server {
+fn start(kind: Kind, node: Node, endpoints: Endpoints, places: Target) -> Server {
     let limits = Limits::default();
     let (tx, rx) = mpsc::channel();
     let launcher = thread::Builder::new()
@@ -166,8 +168,8 @@ fn node(name: &str, neighbours: &[&str]) -> Node {
 }
 
 /// Places settings for a server whose WHATSATs never reach Places.
-fn no_places() -> PlacesTarget {
-    PlacesTarget {
+fn no_places() -> Target {
+    Target {
         api: PlacesApi::New,
         endpoint: Endpoint::parse("https://127.0.0.1:9").expect("a valid URL"),
         key: None,
@@ -461,8 +463,8 @@ mod stub {
     use std::thread;
     use std::time::{Duration, Instant};
 
-    use herd::driver::mio::PlacesTarget;
     use herd::places::Endpoint;
+    use herd::places::client::Target;
     use herd::places::tls::TlsConfig;
     use herd::places::{PlacesApi, Secret};
 
@@ -515,8 +517,8 @@ mod stub {
         }
 
         /// Places settings that send WHATSAT's requests here and trust its certificate.
-        pub fn target(&self) -> PlacesTarget {
-            PlacesTarget {
+        pub fn target(&self) -> Target {
+            Target {
                 api: PlacesApi::New,
                 endpoint: Endpoint::parse(&format!("https://127.0.0.1:{}", self.port)).expect("a valid URL"),
                 key: Some(Secret::new(KEY.into())),

@@ -1,7 +1,7 @@
 //! The process around a driver: the command line, the configuration turned into a [`Node`] and
 //! what a driver needs, the log file, and the exit statuses.
 //!
-//! Shared by the `herd` binary (the mio [`Reactor`]) and its tokio twin (`examples/herd-tokio.rs`,
+//! Shared by the `herd` binary (the mio [`Reactor`](crate::driver::mio::Reactor)) and its tokio twin (`examples/herd-tokio.rs`,
 //! used by the benchmarks), so the two processes take the same command line and configuration,
 //! write the same log file and exit with the same statuses; only the [`Driver`] differs.
 
@@ -15,31 +15,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::cli::{self, Action, USAGE};
 use crate::config::{Config, ConfigError, Limits};
 use crate::core::{Node, NodeConfig, WhatsatPolicy};
-use crate::driver::mio::{Endpoints, PlacesTarget, Reactor};
+use crate::driver::{Driver, Endpoints};
 use crate::logging;
 use crate::places::Endpoint;
+use crate::places::client::Target;
 use crate::places::tls::TlsConfig;
-
-/// An event loop that serves one herd member.
-pub trait Driver: Sized {
-    /// Binds the listening socket (and installs the signal handlers). Called before the log is
-    /// opened, so a second server started by mistake on a taken port writes nothing into the
-    /// running server's log.
-    fn bind(node: Node, endpoints: Endpoints, limits: Limits, places: PlacesTarget) -> io::Result<Self>;
-
-    /// Serves until SIGINT or SIGTERM, then writes what is already computed and returns.
-    fn run(self) -> io::Result<()>;
-}
-
-impl Driver for Reactor {
-    fn bind(node: Node, endpoints: Endpoints, limits: Limits, places: PlacesTarget) -> io::Result<Self> {
-        Reactor::bind(node, endpoints, limits, places)
-    }
-
-    fn run(self) -> io::Result<()> {
-        Reactor::run(self)
-    }
-}
 
 /// Why a configuration cannot become a running server (exit status 2).
 #[derive(Debug)]
@@ -75,7 +55,7 @@ pub struct Setup {
     /// The configured limits.
     pub limits: Limits,
     /// Where and how WHATSAT asks Places.
-    pub places: PlacesTarget,
+    pub places: Target,
     /// Its log file.
     pub log_file: PathBuf,
     /// The log level.
@@ -108,12 +88,8 @@ impl Setup {
         };
         let endpoint = Endpoint::parse(&config.places.endpoint).map_err(SetupError::Endpoint)?;
         let tls = TlsConfig::new(config.places.ca_file.as_deref()).map_err(SetupError::Tls)?;
-        let places = PlacesTarget {
-            api: config.places.api,
-            endpoint,
-            key: config.places.api_key.clone(),
-            tls: Ok(tls),
-        };
+        let places =
+            Target { api: config.places.api, endpoint, key: config.places.api_key.clone(), tls: Ok(tls) };
         let endpoints = Endpoints { listen: me.addr, peers: neighbours.iter().map(|s| s.addr).collect() };
         let startup = vec![
             format!(

@@ -27,18 +27,27 @@
 //!
 //! # Layout
 //! - [`proto`]: the wire format of PROTOCOL.md: framing, parsing, formatting.
-//! - [`core`]: [`core::Node`], one herd member's decisions: replies, flooding, peer links,
-//!   backoff, resync, and the WHATSAT flow (`core/whatsat.rs`: canonical requests, the cache,
+//! - [`core`]: [`core::Node`], one herd member's decisions: replies and the table
+//!   ([`core::locations`]), the links to the neighbours (`core/link.rs`: backoff, stall limit,
+//!   flooding, resync), and the WHATSAT flow (`core/whatsat.rs`: canonical requests, the cache,
 //!   the rate limit, fair turns, throttled warnings).
-//! - [`places`]: the Places client, sans-IO: request bytes for both APIs, response reading, the
-//!   New-to-legacy conversion and the WHATSAT reply body.
-//! - [`driver`]: the mio reactor ([`driver::mio`]) that drives a `Node` over real sockets, and
-//!   what every driver shares: the connection lifecycle ([`driver::conn`]: states, linger, end
-//!   of stream, output limit, shutdown), the reply buffer, and handing lines to the node.
+//! - [`places`]: the Places client, sans-IO: its decisions ([`places::client`]: pool, single
+//!   retry, DNS cache, TLS, why a request failed), request bytes for both APIs, response reading,
+//!   the New-to-legacy conversion and the WHATSAT reply body.
+//! - [`driver`]: what every driver shares (the [`driver::Driver`] trait, [`driver::Endpoints`],
+//!   handing lines to the node), the connection lifecycle ([`driver::conn`]: states, linger, end
+//!   of stream, output limit, shutdown) and the reply buffer; and the mio reactor
+//!   ([`driver::mio`]) that drives a `Node` and a Places client over real sockets. The tokio twin
+//!   (`benches/twin/`) is the other driver.
 //! - [`limits`]: every fixed limit, once, with its reason (configurable ones are in [`config`]).
 //! - [`config`], [`cli`], [`logging`]: process set-up.
-//! - [`app`]: the process around a driver (command line, config to [`core::Node`], log, exit
-//!   statuses), shared by `herd` and its tokio twin `examples/herd-tokio.rs`.
+//! - [`app`]: the process around a driver (command line, config to [`core::Node`],
+//!   [`driver::Endpoints`] and a [`places::client::Target`], log, exit statuses), shared by `herd`
+//!   and its tokio twin `examples/herd-tokio.rs`.
+//!
+//! Modules depend in one direction only: `proto`, `limits`, `cli` and `logging` on nothing of
+//! ours; `places` on `limits`; `config` on `places`; `core` on `places` and `proto`; `driver` on
+//! those; `app` on everything.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::unwrap_used)]

@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 
 use herd::config::Limits;
 use herd::core::{Node, NodeConfig};
-use herd::driver::mio::{Endpoints, PlacesTarget, Reactor};
+use herd::driver::Endpoints;
+use herd::driver::mio::Reactor;
 use herd::places::Endpoint;
 use herd::places::PlacesApi;
+use herd::places::client::Target;
 
 struct Counting;
 
@@ -127,7 +129,7 @@ fn iamat_hot_path_does_not_allocate_once_warm() {
 
     let node = Node::new(NodeConfig::new("Solo", vec!["Peer".into()]), Instant::now());
     let endpoints = Endpoints { listen: SocketAddr::from(([127, 0, 0, 1], 0)), peers: vec![peer_addr] };
-    let places = PlacesTarget {
+    let places = Target {
         api: PlacesApi::New,
         endpoint: Endpoint::parse("https://127.0.0.1:9").unwrap(),
         key: None,

@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use common::{Client, expect_at, free_ports, show, timestamp, unix_nanos};
 use herd::config::Limits;
 use herd::core::{Node, NodeConfig};
-use herd::driver::mio::{Endpoints, PlacesTarget, Reactor};
+use herd::driver::Endpoints;
+use herd::driver::mio::Reactor;
 use herd::places::Endpoint;
+use herd::places::client::Target;
 use herd::places::tls::TlsConfig;
 use herd::places::{PlacesApi, Secret};
 
@@ -42,8 +44,8 @@ fn node(name: &str, neighbours: &[&str], limits: &Limits) -> Node {
 }
 
 /// Places settings for servers that never ask Places (their nodes have no key).
-fn no_places() -> PlacesTarget {
-    PlacesTarget {
+fn no_places() -> Target {
+    Target {
         api: PlacesApi::New,
         endpoint: Endpoint::parse("https://127.0.0.1:9").expect("endpoint"),
         key: None,
@@ -382,7 +384,7 @@ mod whatsat {
         let limits = Limits::default();
         let mut config = NodeConfig::new("Hill", vec![]);
         config.whatsat = WhatsatPolicy::new(PlacesApi::New, true);
-        let places = PlacesTarget {
+        let places = Target {
             api: PlacesApi::New,
             endpoint: Endpoint::parse(&format!("https://127.0.0.1:{}", stub.port())).expect("endpoint"),
             key: Some(Secret::new(STUB_KEY.into())),

@@ -59,12 +59,13 @@ use std::time::Instant;
 use herd::config::Limits;
 use herd::core::{Node, Output, PeerId, QueryId};
 use herd::driver::conn::{Action, Kind, Lifecycle, State};
-use herd::driver::mio::{Endpoints, PlacesTarget};
 use herd::driver::outbox::Outbox;
+use herd::driver::{Driver, Endpoints};
 use herd::driver::{Fed, Feed, Input, feed_lines, read_some, unix_nanos, write_some};
 use herd::limits::{ACCEPT_RETRY, READ_CHUNK, SHUTDOWN_GRACE};
 use herd::logging;
 use herd::places::Query;
+use herd::places::client::Target;
 use herd::proto::LineReader;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -109,7 +110,7 @@ impl Drop for Running {
 }
 
 /// Binds, then runs the twin on its own thread with a current_thread runtime.
-pub fn spawn(node: Node, endpoints: Endpoints, limits: Limits, places: PlacesTarget) -> io::Result<Running> {
+pub fn spawn(node: Node, endpoints: Endpoints, limits: Limits, places: Target) -> io::Result<Running> {
     let (stop_tx, stop_rx) = oneshot::channel();
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new().name("herd-twin".into()).spawn(move || {
@@ -134,13 +135,8 @@ pub fn spawn(node: Node, endpoints: Endpoints, limits: Limits, places: PlacesTar
 }
 
 /// Runs on the calling thread until SIGINT/SIGTERM (for the process).
-pub fn run_blocking(
-    node: Node,
-    endpoints: Endpoints,
-    limits: Limits,
-    places: PlacesTarget,
-) -> io::Result<()> {
-    <Bound as herd::app::Driver>::bind(node, endpoints, limits, places)?.run()
+pub fn run_blocking(node: Node, endpoints: Endpoints, limits: Limits, places: Target) -> io::Result<()> {
+    <Bound as Driver>::bind(node, endpoints, limits, places)?.run()
 }
 
 /// What ends the twin.
@@ -168,7 +164,7 @@ impl Stop {
 }
 
 /// A twin whose listening socket is bound (and, for the process, whose signal handlers are
-/// installed), ready to [`run`](Bound::run): the twin's side of [`herd::app::Driver`], as
+/// installed), ready to [`run`](Bound::run): the twin's side of [`herd::driver::Driver`], as
 /// `Reactor::bind` / `Reactor::run` are the mio driver's.
 pub struct Bound {
     runtime: Runtime,
@@ -176,7 +172,7 @@ pub struct Bound {
     node: Node,
     peers: Vec<SocketAddr>,
     limits: Limits,
-    places: PlacesTarget,
+    places: Target,
     stop: Stop,
 }
 
@@ -187,7 +183,7 @@ impl Bound {
         node: Node,
         endpoints: Endpoints,
         limits: Limits,
-        places: PlacesTarget,
+        places: Target,
         stop: impl FnOnce(&Runtime) -> io::Result<Stop>,
     ) -> io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -220,9 +216,9 @@ impl Bound {
     }
 }
 
-impl herd::app::Driver for Bound {
+impl Driver for Bound {
     /// Also installs the SIGTERM and SIGINT handlers, as `Reactor::bind` does.
-    fn bind(node: Node, endpoints: Endpoints, limits: Limits, places: PlacesTarget) -> io::Result<Self> {
+    fn bind(node: Node, endpoints: Endpoints, limits: Limits, places: Target) -> io::Result<Self> {
         Bound::new(node, endpoints, limits, places, |runtime| {
             let _context = runtime.enter();
             Ok(Stop::Signals {
@@ -287,7 +283,7 @@ struct Link {
 }
 
 impl Shared {
-    fn new(node: Node, peers: Vec<SocketAddr>, limits: Limits, places: PlacesTarget) -> Rc<Self> {
+    fn new(node: Node, peers: Vec<SocketAddr>, limits: Limits, places: Target) -> Rc<Self> {
         let links = (0..peers.len()).map(|_| None).collect();
         Rc::new(Self {
             core: RefCell::new(Core {

@@ -14,9 +14,8 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use herd::core::QueryId;
-use herd::driver::mio::PlacesTarget;
 use herd::places::Query;
-use herd::places::client::{Client, ConnId, Event, Failure};
+use herd::places::client::{Client, ConnId, Event, Failure, Target};
 use herd::places::response::Response;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
@@ -39,7 +38,7 @@ struct Inner {
 }
 
 impl Upstream {
-    pub(super) fn new(target: PlacesTarget) -> Self {
+    pub(super) fn new(target: Target) -> Self {
         let inner = Inner {
             client: RefCell::new(Client::new(target)),
             tasks: RefCell::new(HashMap::new()),

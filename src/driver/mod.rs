@@ -9,12 +9,46 @@ pub mod mio;
 pub mod outbox;
 
 use std::io;
+use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::config::Limits;
 use crate::core::{ConnId, Handled, Node};
 use crate::limits::FEED_OUTPUT;
+use crate::places::client::Target;
 use crate::proto::{Frame, LineReader, OVERLONG_ECHO, write_invalid};
+
+/// An event loop that serves one herd member: the mio [`Reactor`](mio::Reactor), and the tokio
+/// twin of the benchmarks. `app` builds what it needs from the configuration and runs either.
+pub trait Driver: Sized {
+    /// Binds the listening socket (and installs the signal handlers). Called before the log is
+    /// opened, so a second server started by mistake on a taken port writes nothing into the
+    /// running server's log.
+    fn bind(node: Node, endpoints: Endpoints, limits: Limits, places: Target) -> io::Result<Self>;
+
+    /// Serves until SIGINT or SIGTERM, then writes what is already computed and returns.
+    fn run(self) -> io::Result<()>;
+}
+
+impl Driver for mio::Reactor {
+    fn bind(node: Node, endpoints: Endpoints, limits: Limits, places: Target) -> io::Result<Self> {
+        mio::Reactor::bind(node, endpoints, limits, places)
+    }
+
+    fn run(self) -> io::Result<()> {
+        mio::Reactor::run(self)
+    }
+}
+
+/// Where a herd member listens and dials.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// The neighbours' addresses, indexed by [`PeerId`](crate::core::PeerId).
+    pub peers: Vec<SocketAddr>,
+}
 
 /// What is handed to a connection's framing.
 pub enum Input<'a> {

@@ -49,7 +49,7 @@
 //!   `--status` and `--garbage`; [`json`] lays the JSON out as each API does.
 //! - [`pad`]: answers of a chosen size (`--pad-to`, `--size-by-radius`).
 //! - [`http`]: HTTP/1.1 request reading, response heads, chunked bodies.
-//! - [`serve`]: one connection: handshake, requests, delivery (`--burst`, `--trickle`), closing.
+//! - [`serve`](mod@serve): one connection: handshake, requests, delivery (`--burst`, `--trickle`), closing.
 //! - [`tls`]: the certificate and the TLS configuration.
 //! - `main.rs`: start-up (certificate file, listener, port file) and the accept loop.
 

@@ -37,15 +37,16 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use super::Endpoints;
 use super::conn::{Action, Kind, Lifecycle, State};
 use super::outbox::Outbox;
 use crate::config::Limits;
 use crate::core::{Node, Output, PeerId};
 use crate::limits::{READ_CHUNK, SHUTDOWN_GRACE};
 use crate::logging;
+use crate::places::client::Target;
 use crate::proto::LineReader;
 
-pub use places::Settings as PlacesTarget;
 use places::{PLACES_BASE, Upstream};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -117,14 +118,6 @@ impl Conn {
         }
     }
 }
-/// Where a herd member listens and dials.
-#[derive(Debug, Clone)]
-pub struct Endpoints {
-    /// The address to listen on.
-    pub listen: SocketAddr,
-    /// The neighbours' addresses, indexed by [`PeerId`].
-    pub peers: Vec<SocketAddr>,
-}
 
 /// Stops a running [`Reactor`] from another thread, as SIGTERM would: no new connections, pending
 /// replies written, then [`Reactor::run`] returns. For embedding (benchmarks, tests).
@@ -182,7 +175,7 @@ pub struct Reactor {
 
 impl Reactor {
     /// Binds the listening socket and installs the signal handlers.
-    pub fn bind(node: Node, endpoints: Endpoints, limits: Limits, places: PlacesTarget) -> io::Result<Self> {
+    pub fn bind(node: Node, endpoints: Endpoints, limits: Limits, places: Target) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listener = TcpListener::bind(endpoints.listen)?;

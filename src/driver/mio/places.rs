@@ -21,9 +21,6 @@ use crate::places::Query;
 use crate::places::client::{Client, ConnId, Event, Failure, Target};
 use crate::places::response::Response;
 
-/// Where and how to ask Places (the name the reactor's callers know it by).
-pub use crate::places::client::Target as Settings;
-
 /// Tokens at and above this name Places connections (connection number + base); client keys
 /// never get this far.
 pub(super) const PLACES_BASE: usize = 1 << 40;

@@ -427,4 +427,32 @@ mod whatsat {
         let took = stopper.join().expect("join").expect("stop");
         assert!(took < Duration::from_secs(2), "stop() took {took:?}, the whole grace period");
     }
+
+    /// Cache hits pipelined behind one WHATSAT answer far more than `FEED_OUTPUT` of replies: the
+    /// lines held back by a full feed are all handed on, even once nothing is left to write (the
+    /// twin once waited for writability that never came and left the last ones unanswered).
+    #[test]
+    fn cache_hits_past_a_full_feed_are_all_answered() {
+        let stub = Stub::start(&["--delay-ms", "100"]);
+        let mut config = NodeConfig::new("Hill", vec![]);
+        config.whatsat = WhatsatPolicy::new(PlacesApi::Legacy, true);
+        let places = Target {
+            api: PlacesApi::Legacy,
+            endpoint: Endpoint::parse(&format!("https://127.0.0.1:{}", stub.port())).expect("endpoint"),
+            key: Some(Secret::new(STUB_KEY.into())),
+            tls: Ok(TlsConfig::new(Some(stub.cert().as_path())).expect("trust the stub")),
+        };
+        let endpoints = Endpoints { listen: loopback(0), peers: vec![] };
+        let server = twin::spawn(Node::new(config, Instant::now()), endpoints, Limits::default(), places)
+            .expect("spawn the twin");
+        let mut c = Client::connect(server.addr).expect("connect");
+        let (line, _) = iamat("kiwi.cs.ucla.edu");
+        let at = c.round_trip(line.as_bytes());
+        c.send("WHATSAT kiwi.cs.ucla.edu 10 20\n".repeat(100));
+        for _ in 0..100 {
+            check_reply(&read_reply(&mut c), &at, 20);
+        }
+        assert_eq!(stub.requests(), 1, "{}", stub.stdout());
+        server.stop().expect("stop");
+    }
 }

@@ -374,8 +374,9 @@ fn drive(shared: &Rc<Shared>) {
             }
             Output::CancelPlaces(id) => {
                 if let Some(task) = core.queries.remove(&id) {
+                    // Dropping the task's future cancels the request in the Places client,
+                    // which logs it as the mio reactor's does.
                     task.abort();
-                    log::info!("places: request {} cancelled", id.0);
                 }
             }
             Output::Reply { conn, bytes } => {
@@ -612,12 +613,17 @@ impl Inbound {
     /// others run), a shutdown makes an open connection linger, and once every reply is written
     /// the lifecycle decides what follows (close, or shut the write side).
     async fn settle(&mut self, shared: &Rc<Shared>, wr: &mut WriteHalf<'_>) -> Result<(), String> {
-        if self.answer.is_none() && self.reader.is_paused() {
+        while self.answer.is_none() && self.reader.is_paused() {
             // Held back by a full feed, not by a WHATSAT.
             self.resume(shared);
             drive(shared);
             self.enforce_output_limit(wr, shared.limits.client_output).and_then(|()| self.flush(wr))?;
             tokio::task::yield_now().await;
+            if self.out.pending() > 0 {
+                // The writable wait brings the connection back here once the socket drains;
+                // with nothing to write, no wait would, so go on at once.
+                break;
+            }
         }
         if let Some(by) = shared.shutdown_by.get() {
             self.lc.shutdown(by);

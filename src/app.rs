@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cli::{self, Action, USAGE};
 use crate::config::{Config, ConfigError, Limits};
-use crate::core::{Node, NodeConfig, WhatsatPolicy};
+use crate::core::{Node, NodeConfig};
 use crate::driver::{Driver, Endpoints};
 use crate::logging;
 use crate::places::Endpoint;
@@ -74,18 +74,7 @@ impl Setup {
         node_config.peer_output_limit = config.limits.peer_output;
         node_config.max_line = config.limits.max_line;
         node_config.seed = seed;
-        let p = &config.places;
-        node_config.whatsat = WhatsatPolicy {
-            api: p.api,
-            has_key: p.api_key.is_some(),
-            timeout: p.timeout,
-            max_in_flight: p.max_in_flight,
-            max_queued: p.max_queued,
-            cache_ttl: p.cache_ttl,
-            cache_bytes: p.cache_bytes,
-            rate_limit: p.rate_limit,
-            rate_burst: p.rate_burst,
-        };
+        node_config.whatsat = config.places.whatsat.clone();
         let endpoint = Endpoint::parse(&config.places.endpoint).map_err(SetupError::Endpoint)?;
         let tls = TlsConfig::new(config.places.ca_file.as_deref()).map_err(SetupError::Tls)?;
         let places =
@@ -99,21 +88,13 @@ impl Setup {
                 neighbours.iter().map(|s| format!("{} ({})", s.name, s.addr)).collect::<Vec<_>>().join(", ")
             ),
             format!(
-                "config: sync_on_connect={} limits={:?} places: api={:?} endpoint={} key={} timeout={:?} \
-                 max_in_flight={} max_queued={} cache_ttl={:?} cache_bytes={} rate_limit={}/s \
-                 rate_burst={}",
+                "config: sync_on_connect={} limits={:?} places: api={:?} endpoint={} key={} whatsat={:?}",
                 config.sync_on_connect,
                 config.limits,
                 config.places.api,
                 config.places.endpoint,
                 if config.places.api_key.is_some() { "set" } else { "missing" },
-                config.places.timeout,
-                config.places.max_in_flight,
-                config.places.max_queued,
-                config.places.cache_ttl,
-                config.places.cache_bytes,
-                config.places.rate_limit,
-                config.places.rate_burst,
+                config.places.whatsat,
             ),
         ];
         Ok(Self {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::core::WhatsatPolicy;
 use crate::places::{Endpoint, PlacesApi, Secret};
 
 /// The environment variable that overrides any key in the file.
@@ -28,20 +29,9 @@ pub struct Places {
     pub ca_file: Option<PathBuf>,
     /// The key: from the environment if set there, else from the file.
     pub api_key: Option<Secret>,
-    /// Deadline of one request.
-    pub timeout: Duration,
-    /// Most requests in flight at once (identical queries share one).
-    pub max_in_flight: usize,
-    /// Most requests waiting for a place in flight, in arrival order.
-    pub max_queued: usize,
-    /// How long an answer is reused for identical requests (zero: no cache).
-    pub cache_ttl: Duration,
-    /// Most bytes the cache holds.
-    pub cache_bytes: usize,
-    /// Upstream requests per second per client connection (zero: no limit).
-    pub rate_limit: f64,
-    /// Upstream requests a connection may make at once before the rate applies.
-    pub rate_burst: u32,
+    /// How WHATSAT uses Places: deadline, pool, queue, cache, rate limit (the settings of the
+    /// same names, with their defaults).
+    pub whatsat: WhatsatPolicy,
 }
 
 /// Logging settings.
@@ -390,39 +380,37 @@ fn parse_places(
     if let Err(why) = Endpoint::parse(&endpoint) {
         return Err(ConfigError::BadValue { key: "places.endpoint", why });
     }
-    let max_in_flight = p.max_in_flight.unwrap_or(64);
-    if max_in_flight == 0 {
-        return Err(ConfigError::BadValue { key: "places.max_in_flight", why: "must be above 0".into() });
-    }
-    let timeout_ms = p.timeout_ms.unwrap_or(5000);
-    if timeout_ms == 0 {
-        return Err(ConfigError::BadValue { key: "places.timeout_ms", why: "must be above 0".into() });
-    }
-    let rate_limit = p.rate_limit.unwrap_or(2.0);
-    if !(rate_limit.is_finite() && rate_limit >= 0.0) {
-        return Err(ConfigError::BadValue {
-            key: "places.rate_limit",
-            why: "must be a number of requests per second, 0 or above (0: no limit)".into(),
-        });
-    }
-    let rate_burst = p.rate_burst.unwrap_or(20);
-    if rate_burst == 0 {
-        return Err(ConfigError::BadValue { key: "places.rate_burst", why: "must be above 0".into() });
-    }
     let api_key = env_key.or(p.api_key).or(top_key).filter(|k| !k.trim().is_empty()).map(Secret::new);
-    Ok(Places {
-        api,
-        endpoint,
-        ca_file: p.ca_file,
-        api_key,
-        timeout: Duration::from_millis(timeout_ms),
+    // The defaults are the policy's own, so they are written once.
+    let d = WhatsatPolicy::new(api, api_key.is_some());
+    let bad = |key, why: &str| Err(ConfigError::BadValue { key, why: why.into() });
+    let max_in_flight = p.max_in_flight.unwrap_or(d.max_in_flight);
+    if max_in_flight == 0 {
+        return bad("places.max_in_flight", "must be above 0");
+    }
+    let timeout = p.timeout_ms.map_or(d.timeout, Duration::from_millis);
+    if timeout.is_zero() {
+        return bad("places.timeout_ms", "must be above 0");
+    }
+    let rate_limit = p.rate_limit.unwrap_or(d.rate_limit);
+    if !(rate_limit.is_finite() && rate_limit >= 0.0) {
+        return bad("places.rate_limit", "must be a number of requests per second, 0 or above (0: no limit)");
+    }
+    let rate_burst = p.rate_burst.unwrap_or(d.rate_burst);
+    if rate_burst == 0 {
+        return bad("places.rate_burst", "must be above 0");
+    }
+    let whatsat = WhatsatPolicy {
+        timeout,
         max_in_flight,
-        max_queued: p.max_queued.unwrap_or(64),
-        cache_ttl: Duration::from_millis(p.cache_ttl_ms.unwrap_or(60_000)),
-        cache_bytes: p.cache_bytes.unwrap_or(16 << 20),
+        max_queued: p.max_queued.unwrap_or(d.max_queued),
+        cache_ttl: p.cache_ttl_ms.map_or(d.cache_ttl, Duration::from_millis),
+        cache_bytes: p.cache_bytes.unwrap_or(d.cache_bytes),
         rate_limit,
         rate_burst,
-    })
+        ..d
+    };
+    Ok(Places { api, endpoint, ca_file: p.ca_file, api_key, whatsat })
 }
 
 /// `logging:`.
@@ -560,7 +548,7 @@ neighbors:
         .unwrap();
         assert_eq!(c.places.api, PlacesApi::Legacy);
         assert_eq!(c.places.endpoint, "https://maps.googleapis.com");
-        assert_eq!(c.places.timeout, Duration::from_millis(70));
+        assert_eq!(c.places.whatsat.timeout, Duration::from_millis(70));
         assert_eq!(c.logging.level, log::LevelFilter::Warn);
         assert_eq!(c.log_file("A"), PathBuf::from("/tmp/l/A.log"));
         assert!(!c.sync_on_connect);

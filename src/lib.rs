@@ -46,7 +46,7 @@
 //!   and its tokio twin `examples/herd-tokio.rs`.
 //!
 //! Modules depend in one direction only: `proto`, `limits`, `cli` and `logging` on nothing of
-//! ours; `places` on `limits`; `config` on `places`; `core` on `places` and `proto`; `driver` on
+//! ours; `places` on `limits`; `core` on `places` and `proto`; `config` on `core` and `places`; `driver` on
 //! those; `app` on everything.
 
 #![forbid(unsafe_code)]

@@ -15,6 +15,18 @@ use serde::Deserialize;
 use crate::core::WhatsatPolicy;
 use crate::places::{Endpoint, PlacesApi, Secret};
 
+/// Longest `places.timeout_ms`: an hour. Longer is a typo, and deadlines far in the future
+/// only hold requests and memory.
+const MAX_PLACES_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest `places.cache_ttl_ms`: a day (Google's answers change; a longer cache is stale).
+const MAX_CACHE_TTL: Duration = Duration::from_secs(86_400);
+/// Slowest non-zero `places.rate_limit` (one request per 1,000 s) and fastest: beyond either,
+/// the token bucket's interval is no longer a usable duration.
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 1_000_000.0;
+/// Largest `places.rate_burst`.
+const MAX_BURST: u32 = 1_000_000;
+
 /// The environment variable that overrides any key in the file.
 pub const API_KEY_ENV: &str = "GOOGLE_PLACES_API_KEY";
 
@@ -389,22 +401,26 @@ fn parse_places(
         return bad("places.max_in_flight", "must be above 0");
     }
     let timeout = p.timeout_ms.map_or(d.timeout, Duration::from_millis);
-    if timeout.is_zero() {
-        return bad("places.timeout_ms", "must be above 0");
+    if timeout.is_zero() || timeout > MAX_PLACES_TIMEOUT {
+        return bad("places.timeout_ms", "must be from 1 to 3600000 (an hour)");
+    }
+    let cache_ttl = p.cache_ttl_ms.map_or(d.cache_ttl, Duration::from_millis);
+    if cache_ttl > MAX_CACHE_TTL {
+        return bad("places.cache_ttl_ms", "must be from 0 (no cache) to 86400000 (a day)");
     }
     let rate_limit = p.rate_limit.unwrap_or(d.rate_limit);
-    if !(rate_limit.is_finite() && rate_limit >= 0.0) {
-        return bad("places.rate_limit", "must be a number of requests per second, 0 or above (0: no limit)");
+    if !(rate_limit == 0.0 || (MIN_RATE..=MAX_RATE).contains(&rate_limit)) {
+        return bad("places.rate_limit", "must be 0 (no limit) or from 0.001 to 1000000 requests per second");
     }
     let rate_burst = p.rate_burst.unwrap_or(d.rate_burst);
-    if rate_burst == 0 {
-        return bad("places.rate_burst", "must be above 0");
+    if rate_burst == 0 || rate_burst > MAX_BURST {
+        return bad("places.rate_burst", "must be from 1 to 1000000");
     }
     let whatsat = WhatsatPolicy {
         timeout,
         max_in_flight,
         max_queued: p.max_queued.unwrap_or(d.max_queued),
-        cache_ttl: p.cache_ttl_ms.map_or(d.cache_ttl, Duration::from_millis),
+        cache_ttl,
         cache_bytes: p.cache_bytes.unwrap_or(d.cache_bytes),
         rate_limit,
         rate_burst,
@@ -530,6 +546,28 @@ neighbors:
         assert!(err("ports: {A: 1}\nlogging: {level: loud}").contains("logging.level"));
         assert!(err("ports: {A: 1}\nplaces: {endpoint: 'http://x'}").contains("https://"));
         assert!(err("ports: {A: 70000}").contains("not valid"));
+    }
+
+    #[test]
+    fn whatsat_settings_out_of_range_are_refused_not_panicked_on() {
+        for (yaml, key) in [
+            ("rate_limit: 1e-300", "places.rate_limit"),
+            ("rate_limit: -1", "places.rate_limit"),
+            ("rate_limit: .nan", "places.rate_limit"),
+            ("rate_limit: 1e9", "places.rate_limit"),
+            ("rate_burst: 0", "places.rate_burst"),
+            ("rate_burst: 4000000000", "places.rate_burst"),
+            ("timeout_ms: 0", "places.timeout_ms"),
+            ("timeout_ms: 18446744073709551615", "places.timeout_ms"),
+            ("cache_ttl_ms: 18446744073709551615", "places.cache_ttl_ms"),
+            ("max_in_flight: 0", "places.max_in_flight"),
+        ] {
+            let e = err(&format!("ports: {{A: 1}}\nplaces: {{{yaml}}}"));
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
+        let c = Config::parse("ports: {A: 1}\nplaces: {rate_limit: 0, rate_burst: 1, cache_ttl_ms: 0}", None)
+            .unwrap();
+        assert_eq!((c.places.whatsat.rate_limit, c.places.whatsat.cache_ttl), (0.0, Duration::ZERO));
     }
 
     #[test]

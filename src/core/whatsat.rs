@@ -202,8 +202,12 @@ struct RateLimit {
 
 impl RateLimit {
     fn new(rate_per_s: f64, burst: u32) -> Self {
-        let interval = (rate_per_s > 0.0).then(|| Duration::from_secs_f64(1.0 / rate_per_s));
-        let tolerance = interval.map_or(Duration::ZERO, |i| i * burst.saturating_sub(1));
+        // Config bounds the rate; a policy built by hand with a rate no duration can express
+        // (0, negative, NaN, or below about 1e-19/s) means no limit rather than a panic.
+        let interval =
+            (rate_per_s > 0.0).then(|| Duration::try_from_secs_f64(1.0 / rate_per_s).ok()).flatten();
+        let tolerance = interval
+            .map_or(Duration::ZERO, |i| i.checked_mul(burst.saturating_sub(1)).unwrap_or(Duration::MAX));
         Self { interval, tolerance, tat: HashMap::new(), next_sweep: None }
     }
 
@@ -212,10 +216,13 @@ impl RateLimit {
         let Some(interval) = self.interval else { return true };
         self.sweep(now);
         let tat = self.tat.get(&conn).map_or(now, |&t| t.max(now));
-        if tat > now + self.tolerance {
+        // Past what an `Instant` can hold, the bucket cannot run dry.
+        if now.checked_add(self.tolerance).is_some_and(|limit| tat > limit) {
             return false;
         }
-        self.tat.insert(conn, tat + interval);
+        if let Some(next) = tat.checked_add(interval) {
+            self.tat.insert(conn, next);
+        }
         true
     }
 

@@ -214,9 +214,11 @@ impl Client {
         self.dispatch(now, Request { id, bytes, retried: false });
     }
 
-    /// Sends a request on an idle connection, a new one, or queues it behind name resolution.
+    /// Sends a request on an idle connection, a new one, or queues it behind name resolution. A
+    /// retry never takes an idle connection: when one pooled connection died unnoticed (a NAT
+    /// or load balancer that dropped it without a FIN), its neighbours in the pool likely did too.
     fn dispatch(&mut self, now: Instant, request: Request) {
-        while let Some(conn) = self.idle.pop() {
+        while let Some(conn) = if request.retried { None } else { self.idle.pop() } {
             let Some(c) = self.conns.get_mut(&conn) else { continue };
             if let Err(e) = c.tls.send(&request.bytes) {
                 log::debug!("places p{conn}: reuse failed: {e}");

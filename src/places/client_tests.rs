@@ -193,6 +193,28 @@ fn reused_connection_dead_before_answering_retries_once_on_a_new_one() {
 }
 
 #[test]
+fn retry_opens_a_new_connection_rather_than_another_idle_one() {
+    let now = Instant::now();
+    let mut f = one_answered(now);
+    f.done();
+    // A second kept-alive connection: request 2 on a new connection while 0 is busy with 3.
+    f.client.start(now, QueryId(3), &query());
+    f.client.start(now, QueryId(2), &query());
+    assert_eq!(f.events(), [Event::Connect { conn: 1, addr: addr(443) }]);
+    f.accept(1);
+    for conn in [0, 1] {
+        f.shuttle(now, conn);
+        f.answer(now, conn, OK);
+    }
+    assert_eq!(f.done().len(), 2);
+    // Both idle now. Request 4 takes one; it turns out dead: the retry connects anew.
+    f.client.start(now, QueryId(4), &query());
+    let used = if f.client.idle.contains(&0) { 1 } else { 0 };
+    f.client.handle_failed(now, used, Failure::Io("reset".into()));
+    assert_eq!(f.events(), [Event::Close(used), Event::Connect { conn: 2, addr: addr(443) }]);
+}
+
+#[test]
 fn answered_in_part_then_dead_is_not_retried() {
     let now = Instant::now();
     let mut f = one_answered(now);

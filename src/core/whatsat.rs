@@ -21,6 +21,7 @@
 //! warnings (no key, limits, failing upstream) are logged once per [`WARN_INTERVAL`] with a count,
 //! so a hostile or failing stream of requests cannot flood the log.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -240,6 +241,11 @@ impl RateLimit {
 #[derive(Debug)]
 struct Cached {
     response: Response,
+    /// The reply JSON for each bound asked so far: a hit copies it rather than converting an
+    /// answer of up to 2 MiB again, so hits cost the loop little whoever sends them.
+    converted: Vec<(u8, Vec<u8>)>,
+    /// Bytes of `converted`, counted in the cache's bound.
+    converted_bytes: usize,
     expires: Instant,
     /// Matches the entry's place in `Cache::order`.
     generation: u64,
@@ -266,9 +272,33 @@ impl Cache {
         response.body.len() + CACHE_ENTRY_OVERHEAD
     }
 
-    fn get(&mut self, now: Instant, key: &Key) -> Option<&Response> {
+    fn contains(&mut self, now: Instant, key: &Key) -> bool {
         self.expire(now);
-        self.map.get(key).map(|c| &c.response)
+        self.map.contains_key(key)
+    }
+
+    /// The reply JSON of the answer cached for `key`, for a WHATSAT wanting `bound` results;
+    /// `None` if none is cached.
+    fn json(
+        &mut self,
+        now: Instant,
+        key: &Key,
+        api: PlacesApi,
+        bound: u8,
+    ) -> Option<Result<Cow<'_, [u8]>, ()>> {
+        self.expire(now);
+        let c = self.map.get_mut(key)?;
+        if let Some(i) = c.converted.iter().position(|(b, _)| *b == bound) {
+            return Some(Ok(Cow::Borrowed(&c.converted[i].1)));
+        }
+        let Ok(json) = reply_json(api, &c.response, bound) else { return Some(Err(())) };
+        if self.bytes + json.len() > self.max_bytes {
+            return Some(Ok(Cow::Owned(json)));
+        }
+        self.bytes += json.len();
+        c.converted_bytes += json.len();
+        c.converted.push((bound, json));
+        c.converted.last().map(|(_, j)| Ok(Cow::Borrowed(&j[..])))
     }
 
     fn insert(&mut self, now: Instant, key: Key, response: Response) {
@@ -287,12 +317,19 @@ impl Cache {
         self.next_generation += 1;
         self.bytes += cost;
         self.order.push_back((key, generation));
-        self.map.insert(key, Cached { response, expires: now + self.ttl, generation });
+        let cached = Cached {
+            response,
+            converted: Vec::new(),
+            converted_bytes: 0,
+            expires: now + self.ttl,
+            generation,
+        };
+        self.map.insert(key, cached);
     }
 
     fn remove(&mut self, key: &Key) {
         if let Some(c) = self.map.remove(key) {
-            self.bytes -= Self::cost(&c.response);
+            self.bytes -= Self::cost(&c.response) + c.converted_bytes;
         }
     }
 
@@ -371,18 +408,14 @@ impl Whatsat {
             );
             return None;
         }
-        if let Some(response) = self.cache.get(now, &key) {
+        if let Some(json) = self.cache.json(now, &key, self.settings.api, waiter.bound) {
             out.stats.cache_hits += 1;
             log::debug!("places cache hit: {:?}", key.query());
-            return match reply_json(self.settings.api, response, waiter.bound) {
-                Ok(json) => {
-                    places::write_whatsat_reply(reply, &waiter.at_line, &json);
-                    Some(Asked::Replied)
-                }
-                // A cached answer converted once already; this cannot fail, but if it did the
-                // WHATSAT still gets its `? `.
-                Err(_) => None,
-            };
+            // A cached answer converted once already; this cannot fail, but if it did the
+            // WHATSAT still gets its `? `.
+            let json = json.ok()?;
+            places::write_whatsat_reply(reply, &waiter.at_line, &json);
+            return Some(Asked::Replied);
         }
         if let Some((_, r)) = self.in_flight.iter_mut().find(|(_, r)| r.key == key) {
             r.waiters.push(waiter);
@@ -501,13 +534,13 @@ impl Whatsat {
     fn pump(&mut self, now: Instant, out: &mut Outputs<'_>) {
         while self.in_flight.len() < self.settings.max_in_flight {
             let Some(request) = self.queue.pop_front() else { return };
-            let Some(response) = self.cache.get(now, &request.key) else {
+            if !self.cache.contains(now, &request.key) {
                 self.start(request, out);
                 continue;
-            };
+            }
             out.stats.cache_hits += request.waiters.len() as u64;
             for w in request.waiters {
-                match reply_json(self.settings.api, response, w.bound) {
+                match self.cache.json(now, &request.key, self.settings.api, w.bound).unwrap_or(Err(())) {
                     Ok(json) => {
                         let mut bytes = Vec::with_capacity(w.at_line.len() + json.len() + 3);
                         places::write_whatsat_reply(&mut bytes, &w.at_line, &json);
@@ -585,100 +618,5 @@ fn fail_one(w: Waiter, out: &mut Outputs<'_>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_rounds_location_and_radius_and_drops_the_legacy_bound() {
-        let a = Key::new(PlacesApi::New, 34.0689301, -118.4451274, 10.0004, 5);
-        let b = Key::new(PlacesApi::New, 34.0689299, -118.4451266, 9.9996, 5);
-        assert_eq!(a, b);
-        assert_eq!(
-            a.map(Key::query),
-            Some(Query { lat: 34.06893, lng: -118.445127, radius_m: 10_000.0, bound: 5 })
-        );
-        assert_ne!(a, Key::new(PlacesApi::New, 34.0689301, -118.4451274, 10.0004, 6));
-        assert_eq!(
-            Key::new(PlacesApi::Legacy, 1.0, 2.0, 1.0, 3),
-            Key::new(PlacesApi::Legacy, 1.0, 2.0, 1.0, 17)
-        );
-        assert_eq!(Key::new(PlacesApi::New, 1.0, 2.0, 0.000_49, 3), None);
-        assert_eq!(Key::new(PlacesApi::New, 1.0, 2.0, f64::NAN, 3), None);
-    }
-
-    fn response(len: usize) -> Response {
-        Response { status: 200, body: vec![b'x'; len], keep_alive: true }
-    }
-
-    fn key(i: i64) -> Key {
-        Key { lat_e6: i, lng_e6: 0, radius_m: 1, count: 1 }
-    }
-
-    #[test]
-    fn cache_evicts_oldest_first_within_its_byte_bound() {
-        let now = Instant::now();
-        let per = 1000 + CACHE_ENTRY_OVERHEAD;
-        let mut c = Cache::new(Duration::from_secs(60), 3 * per);
-        for i in 0..5 {
-            c.insert(now, key(i), response(1000));
-            assert!(c.bytes <= 3 * per);
-        }
-        let held: Vec<i64> = (0..5).filter(|&i| c.get(now, &key(i)).is_some()).collect();
-        assert_eq!(held, [2, 3, 4]);
-        // Too large for the whole cache: not cached, nothing evicted.
-        c.insert(now, key(9), response(3 * per));
-        assert!(c.get(now, &key(9)).is_none());
-        assert!(c.get(now, &key(4)).is_some());
-        // Replacing an entry does not count it twice.
-        c.insert(now, key(4), response(1000));
-        assert_eq!(c.bytes, 3 * per);
-    }
-
-    #[test]
-    fn cache_expires_entries_after_the_ttl_and_zero_ttl_caches_nothing() {
-        let now = Instant::now();
-        let mut c = Cache::new(Duration::from_secs(60), 1 << 20);
-        c.insert(now, key(1), response(10));
-        c.insert(now + Duration::from_secs(30), key(2), response(10));
-        assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(60)));
-        assert!(c.get(now + Duration::from_secs(60), &key(1)).is_none());
-        assert!(c.get(now + Duration::from_secs(60), &key(2)).is_some());
-        assert_eq!(c.bytes, 10 + CACHE_ENTRY_OVERHEAD);
-        let mut off = Cache::new(Duration::ZERO, 1 << 20);
-        off.insert(now, key(1), response(10));
-        assert!(off.get(now, &key(1)).is_none());
-    }
-
-    #[test]
-    fn rate_limit_forgets_refilled_buckets() {
-        let now = Instant::now();
-        let mut r = RateLimit::new(10.0, 2);
-        for conn in 0..1000 {
-            assert!(r.allow(now, ConnId(conn)));
-        }
-        assert_eq!(r.tat.len(), 1000);
-        assert!(r.allow(now + Duration::from_secs(2), ConnId(5000)));
-        assert_eq!(r.tat.len(), 1, "refilled buckets swept");
-        let mut off = RateLimit::new(0.0, 1);
-        assert!((0..100).all(|_| off.allow(now, ConnId(1))));
-        assert!(off.tat.is_empty());
-    }
-
-    #[test]
-    fn throttle_counts_repeats_and_reports_them_once_the_interval_passes() {
-        let now = Instant::now();
-        let mut t = Throttle::default();
-        for i in 0..100 {
-            t.warn(now + Duration::from_millis(i), Warning::Failed, format_args!("failed {i}"));
-        }
-        assert_eq!(t.slots[Warning::Failed as usize], (Some(now + WARN_INTERVAL), 99));
-        assert_eq!(t.poll_timeout(), Some(now + WARN_INTERVAL));
-        t.flush(now + WARN_INTERVAL);
-        assert_eq!(t.slots[Warning::Failed as usize], (None, 0));
-        assert_eq!(t.poll_timeout(), None);
-        // Kinds are throttled apart.
-        t.warn(now, Warning::RateLimited, format_args!("x"));
-        t.warn(now, Warning::QueueFull, format_args!("y"));
-        assert_eq!(t.slots[Warning::QueueFull as usize].1, 0);
-    }
-}
+#[path = "whatsat_tests.rs"]
+mod tests;

@@ -254,3 +254,29 @@ fn api_key_never_logged() {
         }
     }
 }
+
+/// `./herd` at the repository root runs the server binary with the arguments given and
+/// `./config.yml`, as `python3 server.py Hill` does in the course. (`HERD_BIN` names the binary
+/// this test built, so the script does not run cargo inside `cargo test`.)
+#[test]
+fn herd_script_at_the_root_runs_the_binary_with_config_yml() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new(format!("{root}/herd"))
+        .arg("--list")
+        .current_dir(root)
+        .env("HERD_BIN", common::HERD)
+        .output()
+        .expect("run ./herd");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["Hill", "Jaquez", "Smith", "Campbell", "Singleton"] {
+        assert!(stdout.contains(name), "{name} missing from ./herd --list: {stdout}");
+    }
+    let out = std::process::Command::new(format!("{root}/herd"))
+        .arg("--frobnicate")
+        .current_dir(root)
+        .env("HERD_BIN", common::HERD)
+        .output()
+        .expect("run ./herd");
+    assert_eq!(out.status.code(), Some(2), "the binary's exit status passes through");
+}

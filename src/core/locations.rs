@@ -84,15 +84,42 @@ impl Locations {
         self.index.find(hash, |&i| records[i as usize].client() == client).map(|&i| &records[i as usize])
     }
 
-    /// Stores `line` as the record of the client found at `line[client_at..client_at + len]` if
-    /// `time` is newer than the stored one. An update reuses the record's buffer.
+    /// Stores `line` (from an IAMAT) as the record of the client found at
+    /// `line[client_at..client_at + len]` if `time` is newer than the stored one: an IAMAT at an
+    /// equal time stores nothing (PROTOCOL.md). An update reuses the record's buffer.
     pub fn observe(&mut self, line: &[u8], client_at: usize, client_len: usize, time: Timestamp) -> Observed {
+        self.store(line, client_at, client_len, time, false)
+    }
+
+    /// Stores `line` (an AT line from a peer) like [`observe`](Self::observe), and also when its
+    /// time equals the stored one and the line is greater byte for byte: the herd's tie-break
+    /// (docs/PEERS.md). Every server compares the same two lines the same way, so however equal
+    /// timestamps race, every server ends with the greatest of them.
+    pub fn observe_peer(
+        &mut self,
+        line: &[u8],
+        client_at: usize,
+        client_len: usize,
+        time: Timestamp,
+    ) -> Observed {
+        self.store(line, client_at, client_len, time, true)
+    }
+
+    fn store(
+        &mut self,
+        line: &[u8],
+        client_at: usize,
+        client_len: usize,
+        time: Timestamp,
+        ties: bool,
+    ) -> Observed {
         let client = &line[client_at..client_at + client_len];
         let hash = self.hasher.hash_one(client);
         let records = &mut self.records;
         if let Some(&i) = self.index.find(hash, |&i| records[i as usize].client() == client) {
             let r = &mut records[i as usize];
-            if time <= r.time {
+            let wins = time > r.time || (ties && time == r.time && line > &r.line[..]);
+            if !wins {
                 return Observed::Stale;
             }
             r.line.clear();
@@ -149,6 +176,29 @@ mod tests {
         assert_eq!(observe(&mut t, "kiwi", "2.000000003"), Observed::Newer);
         assert_eq!(t.get(b"kiwi").unwrap().time(), Timestamp::new(2, 3));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn peer_line_at_an_equal_time_wins_only_if_greater_in_either_order() {
+        let a = b"AT Hill +0.1 kiwi +1.0+1.0 5".to_vec();
+        let b = b"AT Smith +0.2 kiwi +2.0+2.0 5".to_vec();
+        let time = Timestamp::new(5, 0);
+        let winner = a.clone().max(b.clone());
+        for (first, second) in [(&a, &b), (&b, &a)] {
+            let mut t = Locations::new();
+            let at = |l: &[u8]| l.windows(4).position(|w| w == b"kiwi").unwrap();
+            assert_eq!(t.observe_peer(first, at(first), 4, time), Observed::Newer);
+            let second_wins = second > first;
+            let got = t.observe_peer(second, at(second), 4, time);
+            assert_eq!(got == Observed::Newer, second_wins);
+            assert_eq!(t.get(b"kiwi").unwrap().line(), &winner[..], "the same record whatever the order");
+            // The same line again is not news.
+            assert_eq!(t.observe_peer(&winner, at(&winner), 4, time), Observed::Stale);
+        }
+        // An IAMAT at an equal time never replaces (PROTOCOL.md), whatever its line.
+        let mut t = Locations::new();
+        t.observe(&a, 13, 4, time);
+        assert_eq!(t.observe(&b"AT Zzz +0.1 kiwi +9.0+9.0 5"[..], 12, 4, time), Observed::Stale);
     }
 
     #[test]

@@ -315,7 +315,7 @@ impl Node {
                     location_raw,
                     time_raw,
                 );
-                if self.table.observe(&self.scratch, client_at, client.len(), time) == Observed::Newer {
+                if self.table.observe_peer(&self.scratch, client_at, client.len(), time) == Observed::Newer {
                     self.stats.stored += 1;
                     self.links.flood(now, &self.scratch, &mut self.outputs, &mut self.stats);
                 } else {

@@ -260,6 +260,30 @@ fn concurrent_updates_converge_on_newest() {
 }
 
 #[test]
+fn equal_timestamps_raced_at_two_servers_converge_on_one_record() {
+    // Hill and Campbell (two hops apart) get the same 20 ids and timestamps with different
+    // locations before anything is delivered: without a tie-break each keeps its own, and the
+    // servers between them keep whichever arrived first.
+    let mut sim = Sim::new(true);
+    let (now, wall) = (sim.now, sim.wall());
+    let mut r = Vec::new();
+    for k in 0..20 {
+        let hill = format!("IAMAT id{k} +1.0+{k}.0 30.5");
+        let campbell = format!("IAMAT id{k} +2.0+{k}.5 30.5");
+        sim.nodes[0].handle_line(now, wall, ConnId(0), hill.as_bytes(), &mut r);
+        sim.nodes[3].handle_line(now, wall, ConnId(0), campbell.as_bytes(), &mut r);
+    }
+    sim.settle();
+    for k in 0..20 {
+        let id = format!("id{k}");
+        let hill = sim.record(0, &id).unwrap();
+        for i in 1..5 {
+            assert_eq!(sim.record(i, &id).unwrap(), hill, "{id} at {}", NAMES[i]);
+        }
+    }
+}
+
+#[test]
 fn restarted_server_catches_up_within_one_redial() {
     let mut sim = Sim::new(true);
     sim.kill(1);

@@ -369,6 +369,21 @@ fn client_hanging_up_mid_whatsat_leaves_the_herd_serving() {
     );
 }
 
+/// A final WHATSAT without `\n`, then the client's half-close: the line is still a line
+/// (PROTOCOL.md), and its answer is written before the connection closes.
+#[test]
+fn final_whatsat_without_newline_before_a_half_close_is_answered() {
+    let stub = Stub::start(&["--delay-ms", "200"]);
+    let mut herd = Herd::new(ALONE, &stub.herd_yaml("new", 5000));
+    herd.start("Hill");
+    let at = report(&mut herd.connect("Hill"), "Hill", "halfer");
+    let mut c = herd.connect("Hill");
+    c.send(b"WHATSAT halfer 5 1");
+    c.shutdown_write();
+    check_reply(&read_reply(&mut c, REPLY), &at, 5.0, 1);
+    assert_eq!(show(&c.read_to_eof(REPLY)), "", "end of stream after the answer");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Answers of every size, however their TLS records arrive (issue 9)
 // ---------------------------------------------------------------------------------------------

@@ -158,7 +158,10 @@ impl LineReader {
     }
 
     /// End of stream: a final line without `\n` is still a line (PROTOCOL.md). Call it only
-    /// when not paused.
+    /// when not paused. If `on_frame` breaks (a WHATSAT waiting for its answer), the reader is
+    /// paused like [`feed`](Self::feed) leaves it, with nothing held back: the driver then knows
+    /// a reply is still to come before the connection may close, and [`resume`](Self::resume)
+    /// ends the pause.
     pub fn finish<F>(&mut self, on_frame: F) -> ControlFlow<()>
     where
         F: FnOnce(Frame<'_>) -> ControlFlow<()>,
@@ -168,6 +171,9 @@ impl LineReader {
         }
         let flow = on_frame(Frame::Line(&self.partial));
         self.release();
+        if flow.is_break() {
+            self.paused = true;
+        }
         flow
     }
 
@@ -212,6 +218,26 @@ mod tests {
             let _ = reader.finish(&mut push);
         }
         got
+    }
+
+    #[test]
+    fn finish_that_breaks_leaves_the_reader_paused_until_resumed() {
+        let mut r = LineReader::new(100);
+        let _ = r.feed(b"WHATSAT k 1 1", |_| ControlFlow::Continue(()));
+        let mut seen = Vec::new();
+        assert!(
+            r.finish(|f| {
+                if let Frame::Line(l) = f {
+                    seen.push(l.to_vec());
+                }
+                ControlFlow::Break(())
+            })
+            .is_break()
+        );
+        assert_eq!(seen, [b"WHATSAT k 1 1".to_vec()]);
+        assert!(r.is_paused(), "a reply is still to come");
+        assert!(r.resume(|_| panic!("nothing was held back")).is_continue());
+        assert!(!r.is_paused());
     }
 
     #[test]

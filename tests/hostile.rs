@@ -916,6 +916,8 @@ fn places_faults(what: &str, flags: &[&str], timeout_ms: u64, expect: Expect, n:
         // no more than one per interval of the run, plus the first and a count line.
         let total = n + width;
         let intervals = (elapsed.as_secs() / herd::core::WARN_INTERVAL.as_secs()) as usize;
+        // The log is flushed on a timer: wait for the first warning before counting.
+        wait_until(Duration::from_secs(2), || herd.log_count("Hill", "Places request") >= 1);
         let warned = herd.log_count("Hill", "Places request");
         assert!(
             (1..=intervals + 3).contains(&warned),

@@ -1010,6 +1010,21 @@ fn every_size_and_framing_legacy_api() {
     every_answer(Api::Legacy);
 }
 
+/// Loopback TCP sockets to `port` in CLOSE_WAIT (the peer closed, this side has not yet), from
+/// /proc/net/tcp: the herd's side of a connection the stand-in closed, until the herd closes it.
+fn half_closed_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let remote = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2].ends_with(&remote) && f[3] == "08"
+        })
+        .count()
+}
+
 /// hyper's own keep-alive limits: a request limit per connection (`Connection: close` on the
 /// third answer) and its idle timeout. The herd never reuses a connection hyper said it would
 /// close, and notices an idle close while idle instead of at its next request.
@@ -1034,7 +1049,11 @@ fn keep_alive_ends_by_hypers_request_limit_and_idle_timeout() {
     let t = Instant::now();
     assert!(common::wait_until(REPLY, || stand.closed() == 2), "hyper never closed the idle connection");
     eprintln!("hyper closed the idle connection after {:.2?} (timeout {idle:?})", t.elapsed());
-    thread::sleep(Duration::from_millis(300));
+    // The herd has closed its side once no socket to the stand-in is left half-closed.
+    assert!(
+        common::wait_until(REPLY, || half_closed_to(stand.port) == 0),
+        "the herd never closed the connection hyper closed"
+    );
     whatsat_answered(&herd, &at, Api::New, Mode::LengthBurst, What::Generated(SIZES[1]), 5);
     assert_eq!((stand.connections(), stand.requests()), (3, 5), "a new connection after the idle close");
     assert!(

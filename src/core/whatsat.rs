@@ -501,14 +501,20 @@ impl Whatsat {
                 return fail(request, out);
             }
         };
+        // Converted once per bound, however many WHATSATs joined: a 2 MiB answer is not parsed
+        // again for each of them on the loop.
+        let mut converted: Vec<(u8, Result<Vec<u8>, places::PlacesError>)> = Vec::new();
         let mut usable = true;
         for w in request.waiters {
-            match reply_json(self.settings.api, &response, w.bound) {
-                Ok(json) => {
-                    let mut bytes = Vec::with_capacity(w.at_line.len() + json.len() + 3);
-                    places::write_whatsat_reply(&mut bytes, &w.at_line, &json);
-                    out.outputs.push_back(Output::Reply { conn: w.conn, bytes });
+            let i = match converted.iter().position(|(b, _)| *b == w.bound) {
+                Some(i) => i,
+                None => {
+                    converted.push((w.bound, reply_json(self.settings.api, &response, w.bound)));
+                    converted.len() - 1
                 }
+            };
+            match &converted[i].1 {
+                Ok(json) => reply_to(w, json, out),
                 Err(e) => {
                     if usable {
                         self.warnings.warn(
@@ -541,11 +547,7 @@ impl Whatsat {
             out.stats.cache_hits += request.waiters.len() as u64;
             for w in request.waiters {
                 match self.cache.json(now, &request.key, self.settings.api, w.bound).unwrap_or(Err(())) {
-                    Ok(json) => {
-                        let mut bytes = Vec::with_capacity(w.at_line.len() + json.len() + 3);
-                        places::write_whatsat_reply(&mut bytes, &w.at_line, &json);
-                        out.outputs.push_back(Output::Reply { conn: w.conn, bytes });
-                    }
+                    Ok(json) => reply_to(w, &json, out),
                     Err(_) => fail_one(w, out),
                 }
             }
@@ -600,6 +602,13 @@ fn reply_json(api: PlacesApi, response: &Response, bound: u8) -> Result<Vec<u8>,
         PlacesApi::New => convert::new_to_legacy(response, bound),
         PlacesApi::Legacy => convert::legacy_cut(response, bound),
     }
+}
+
+/// Answers WHATSAT `w` with `json` behind its AT line.
+fn reply_to(w: Waiter, json: &[u8], out: &mut Outputs<'_>) {
+    let mut bytes = Vec::with_capacity(w.at_line.len() + json.len() + 3);
+    places::write_whatsat_reply(&mut bytes, &w.at_line, json);
+    out.outputs.push_back(Output::Reply { conn: w.conn, bytes });
 }
 
 /// Answers `? ` to every WHATSAT waiting for a failed request.

@@ -8,12 +8,12 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
 use herd::core::QueryId;
+use herd::driver::{read_some, write_some};
 use herd::places::Query;
 use herd::places::client::{Client, ConnId, Event, Failure, Target};
 use herd::places::response::Response;
@@ -138,13 +138,13 @@ async fn serve(inner: Rc<Inner>, conn: ConnId, addr: SocketAddr, notify: Rc<Noti
         tokio::select! {
             ready = stream.readable() => {
                 let now = Instant::now();
-                let read = ready.and_then(|()| stream.try_read(&mut buf));
+                let read = ready.map_err(|e| format!("read error: {e}")).and_then(|()| read_some(|b| stream.try_read(b), &mut buf));
                 let mut client = inner.client.borrow_mut();
                 match read {
-                    Ok(0) => client.handle_eof(now, conn),
-                    Ok(n) => client.handle_data(now, conn, &buf[..n]),
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
-                    Err(e) => client.handle_failed(now, conn, Failure::Io(e.to_string())),
+                    Ok(Some(0)) => client.handle_eof(now, conn),
+                    Ok(Some(n)) => client.handle_data(now, conn, &buf[..n]),
+                    Ok(None) => continue,
+                    Err(cause) => client.handle_failed(now, conn, Failure::Io(cause)),
                 }
                 drop(client);
                 pump(&inner);
@@ -165,14 +165,9 @@ async fn write(inner: &Rc<Inner>, stream: &TcpStream, conn: ConnId) -> Result<()
         if data.is_empty() {
             return Ok(());
         }
-        match stream.try_write(&data) {
-            Ok(0) => return Err(Failure::Io("write: write returned 0".into())),
-            Ok(n) => inner.client.borrow_mut().handle_sent(conn, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                stream.writable().await.map_err(|e| Failure::Io(format!("write: {e}")))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Failure::Io(format!("write: {e}"))),
+        match write_some(|d| stream.try_write(d), &data).map_err(Failure::Io)? {
+            Some(n) => inner.client.borrow_mut().handle_sent(conn, n),
+            None => stream.writable().await.map_err(|e| Failure::Io(format!("write error: {e}")))?,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{Conn, Reactor, Role};
+use super::{Conn, Reactor, Role, connect_status};
 use crate::core::PeerId;
 use crate::limits::{ACCEPT_BUDGET, ACCEPT_RETRY};
 
@@ -102,24 +102,15 @@ impl Reactor {
         if !c.writable {
             return false;
         }
-        // mio's documented way to finish a non-blocking connect: a writable event, then
-        // `take_error`, then `peer_addr` (NotConnected means not yet).
-        match c.stream.take_error() {
-            Ok(None) => {}
-            Ok(Some(e)) | Err(e) => {
-                self.close(key, now, &format!("connect failed: {e}"), true);
-                return false;
-            }
-        }
-        match c.stream.peer_addr() {
-            Ok(addr) => {
+        match connect_status(&c.stream) {
+            Ok(Some(addr)) => {
                 let _ = c.stream.set_nodelay(true);
                 c.lc.connected();
                 log::info!("c{} link to {} at {addr}", c.id(), self.node.peer_name(peer));
                 self.node.handle_link_up(now, peer);
                 true
             }
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+            Ok(None) => {
                 c.writable = false;
                 false
             }

@@ -49,6 +49,20 @@ use crate::proto::LineReader;
 
 use places::{PLACES_BASE, Upstream};
 
+/// Where a non-blocking connect stands once its socket reported writable, by mio's documented
+/// way: `take_error`, then `peer_addr` (`NotConnected` means not yet). `Ok(Some(addr))`:
+/// connected; `Ok(None)`: still connecting (wait for the next writable event); `Err`: failed.
+fn connect_status(stream: &TcpStream) -> io::Result<Option<SocketAddr>> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(addr) => Ok(Some(addr)),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 /// The Places resolver thread wakes the loop with this token.

@@ -7,7 +7,7 @@
 //! connection.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -17,6 +17,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token, Waker};
 
 use crate::core::QueryId;
+use crate::driver::{read_some, write_some};
 use crate::places::Query;
 use crate::places::client::{Client, ConnId, Event, Failure, Target};
 use crate::places::response::Response;
@@ -166,35 +167,28 @@ impl Upstream {
             if !s.writable {
                 return;
             }
-            // mio's documented way to finish a non-blocking connect: a writable event, then
-            // `take_error`, then `peer_addr` (NotConnected means not yet).
-            let failed = match s.stream.take_error() {
-                Ok(Some(e)) | Err(e) => Some(e),
-                Ok(None) => match s.stream.peer_addr() {
-                    Ok(_) => None,
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                        s.writable = false;
-                        return;
-                    }
-                    Err(e) => Some(e),
-                },
-            };
-            if let Some(e) = failed {
-                return self.client.handle_failed(now, conn, Failure::Connect(format!("connect: {e}")));
+            match super::connect_status(&s.stream) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    s.writable = false;
+                    return;
+                }
+                Err(e) => {
+                    return self.client.handle_failed(now, conn, Failure::Connect(format!("connect: {e}")));
+                }
             }
             s.connecting = false;
             self.client.handle_connected(conn);
         }
         while s.readable && self.client.is_open(conn) {
-            match s.stream.read(&mut self.scratch) {
-                Ok(0) => {
+            match read_some(|buf| s.stream.read(buf), &mut self.scratch) {
+                Ok(Some(0)) => {
                     s.readable = false;
                     self.client.handle_eof(now, conn);
                 }
-                Ok(n) => self.client.handle_data(now, conn, &self.scratch[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.readable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.client.handle_failed(now, conn, Failure::Io(e.to_string())),
+                Ok(Some(n)) => self.client.handle_data(now, conn, &self.scratch[..n]),
+                Ok(None) => s.readable = false,
+                Err(cause) => return self.client.handle_failed(now, conn, Failure::Io(cause)),
             }
         }
     }
@@ -208,19 +202,14 @@ impl Upstream {
             if data.is_empty() {
                 break;
             }
-            match s.stream.write(data) {
-                Ok(0) => {
-                    self.client.handle_failed(now, conn, Failure::Io("write: write returned 0".into()));
-                    return true;
-                }
-                Ok(n) => {
+            match write_some(|d| s.stream.write(d), data) {
+                Ok(Some(n)) => {
                     self.client.handle_sent(conn, n);
                     acted = true;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.writable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.client.handle_failed(now, conn, Failure::Io(format!("write: {e}")));
+                Ok(None) => s.writable = false,
+                Err(cause) => {
+                    self.client.handle_failed(now, conn, Failure::Io(cause));
                     return true;
                 }
             }

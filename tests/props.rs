@@ -719,20 +719,23 @@ struct Generated {
     to_eof: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_response(
+/// How a generated response's head is written.
+struct Head<'a> {
     http10: bool,
     interim: Vec<u16>,
     status: u16,
     reason: String,
+    /// Chooses the case of each header name.
     mask: u64,
     lf_only: bool,
-    connection: Option<&str>,
+    connection: Option<&'a str>,
     extra: Vec<(String, String)>,
+    /// Rotates the header order.
     rotate: usize,
-    body: Vec<u8>,
-    framing: BodyFraming,
-) -> Generated {
+}
+
+fn build_response(head: Head<'_>, body: Vec<u8>, framing: BodyFraming) -> Generated {
+    let Head { http10, interim, status, reason, mask, lf_only, connection, extra, rotate } = head;
     let nl = if lf_only { "\n" } else { "\r\n" };
     let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
     let mut bytes = Vec::new();
@@ -829,9 +832,8 @@ fn response() -> impl Strategy<Value = Generated> {
                 body,
                 framing,
             )| {
-                build_response(
-                    http10, interim, status, reason, mask, lf_only, connection, extra, rotate, body, framing,
-                )
+                let head = Head { http10, interim, status, reason, mask, lf_only, connection, extra, rotate };
+                build_response(head, body, framing)
             },
         )
 }

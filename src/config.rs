@@ -458,15 +458,21 @@ fn parse_limits(l: RawLimits) -> Result<Limits, ConfigError> {
         peer_output: l.peer_output.unwrap_or(d.peer_output),
         read_budget: l.read_budget.unwrap_or(d.read_budget),
     };
-    for (key, value, min) in [
-        ("limits.max_line", limits.max_line, 64),
-        ("limits.max_connections", limits.max_connections, 1),
-        ("limits.client_output", limits.client_output, limits.max_line + 2),
-        ("limits.peer_output", limits.peer_output, limits.max_line + 2),
-        ("limits.read_budget", limits.read_budget, 1),
+    // The maximums catch typos and values whose arithmetic would wrap (`max_line + 2` once
+    // turned a huge `max_line` into no line limit at all): none is near what a server can use.
+    let line_room = limits.max_line.saturating_add(2);
+    for (key, value, min, max) in [
+        ("limits.max_line", limits.max_line, 64, 1 << 20),
+        ("limits.max_connections", limits.max_connections, 1, 1 << 20),
+        ("limits.client_output", limits.client_output, line_room, 1 << 30),
+        ("limits.peer_output", limits.peer_output, line_room, 1 << 30),
+        ("limits.read_budget", limits.read_budget, 1, 64 << 20),
     ] {
         if value < min {
             return Err(ConfigError::BadValue { key, why: format!("{value} is below the minimum of {min}") });
+        }
+        if value > max {
+            return Err(ConfigError::BadValue { key, why: format!("{value} is above the maximum of {max}") });
         }
     }
     Ok(limits)
@@ -546,6 +552,17 @@ neighbors:
         assert!(err("ports: {A: 1}\nlogging: {level: loud}").contains("logging.level"));
         assert!(err("ports: {A: 1}\nplaces: {endpoint: 'http://x'}").contains("https://"));
         assert!(err("ports: {A: 70000}").contains("not valid"));
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused_not_wrapped() {
+        let e = err("ports: {A: 1}\nlimits: {max_line: 18446744073709551615}");
+        assert!(e.contains("limits.max_line") && e.contains("maximum"), "{e}");
+        let e = err("ports: {A: 1}\nlimits: {client_output: 18446744073709551615}");
+        assert!(e.contains("limits.client_output"), "{e}");
+        let e = err("ports: {A: 1}\nlimits: {max_line: 1000, client_output: 1001}");
+        assert!(e.contains("below the minimum of 1002"), "{e}");
+        assert!(Config::parse("ports: {A: 1}\nlimits: {max_line: 1048576}", None).is_ok());
     }
 
     #[test]

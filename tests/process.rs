@@ -91,6 +91,17 @@ fn config_mistakes_exit_2_naming_the_problem() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("max_lin"), "a misspelt key must be named: {err}");
 
+    // Values whose arithmetic would wrap, and trust files that are not files.
+    for (extra, named) in [
+        ("limits: {max_line: 18446744073709551615}", "limits.max_line"),
+        ("places: {rate_limit: 1e-300}", "places.rate_limit"),
+        ("places: {ca_file: /dev/zero}", "not a regular file"),
+    ] {
+        let (code, err) = run_config(&dir, &format!("ports: {{A: {}}}\n{extra}\n{logging}", p[0]), "A");
+        assert_eq!(code, Some(2), "{extra}: {err}");
+        assert!(err.contains(named), "{extra}: {err}");
+    }
+
     // None of these got as far as starting a server.
     assert!(!logs.join("A.log").exists(), "a config error must not start a server");
 }

@@ -11,6 +11,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
+/// Largest `places.ca_file` read: Mozilla's whole root store as PEM is about 250 KB.
+const MAX_CA_FILE: u64 = 4 << 20;
+
 /// Trust settings shared by every Places connection.
 #[derive(Clone)]
 pub struct TlsConfig(Arc<ClientConfig>);
@@ -27,6 +30,19 @@ impl TlsConfig {
     pub fn new(ca_file: Option<&Path>) -> Result<Self, String> {
         let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         if let Some(path) = ca_file {
+            // A device or a FIFO there would be read until memory runs out, or block start-up.
+            let meta = std::fs::metadata(path)
+                .map_err(|e| format!("cannot read places.ca_file {}: {e}", path.display()))?;
+            if !meta.is_file() {
+                return Err(format!("places.ca_file {} is not a regular file", path.display()));
+            }
+            if meta.len() > MAX_CA_FILE {
+                return Err(format!(
+                    "places.ca_file {} is {} bytes, more than the {MAX_CA_FILE} a file of certificates needs",
+                    path.display(),
+                    meta.len()
+                ));
+            }
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| format!("cannot read places.ca_file {}: {e}", path.display()))?;
             let mut added = 0;
@@ -118,5 +134,29 @@ impl TlsSession {
     /// Whether the handshake is still under way.
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_file_that_is_not_a_regular_file_or_too_large_is_refused_at_once() {
+        let e = TlsConfig::new(Some(Path::new("/dev/zero"))).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let dir = std::env::temp_dir().join(format!("herd-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big.pem");
+        std::fs::File::create(&big).unwrap().set_len(MAX_CA_FILE + 1).unwrap();
+        let e = TlsConfig::new(Some(&big)).unwrap_err();
+        assert!(e.contains("more than"), "{e}");
+        let fifo = dir.join("fifo.pem");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo (coreutils)");
+        assert!(made.success(), "mkfifo {}", fifo.display());
+        // Opening a FIFO would block until a writer came: it must be refused before that.
+        let e = TlsConfig::new(Some(&fifo)).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

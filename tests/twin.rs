@@ -377,6 +377,16 @@ mod whatsat {
         assert_eq!(v["results"].as_array().expect("results").len(), bound);
     }
 
+    /// Where the twin asks Places: `stub`, with its key and certificate.
+    fn stub_target(stub: &Stub, api: PlacesApi) -> Target {
+        Target {
+            api,
+            endpoint: Endpoint::parse(&format!("https://127.0.0.1:{}", stub.port())).expect("endpoint"),
+            key: Some(Secret::new(STUB_KEY.into())),
+            tls: Ok(TlsConfig::new(Some(stub.cert().as_path())).expect("trust the stub")),
+        }
+    }
+
     #[test]
     fn whatsat_through_places_stub_holds_back_later_lines_reuses_the_connection_and_is_answered_at_stop() {
         // Each answer takes 300 ms, so one can still be on its way when the twin is stopped.
@@ -384,12 +394,7 @@ mod whatsat {
         let limits = Limits::default();
         let mut config = NodeConfig::new("Hill", vec![]);
         config.whatsat = WhatsatPolicy::new(PlacesApi::New, true);
-        let places = Target {
-            api: PlacesApi::New,
-            endpoint: Endpoint::parse(&format!("https://127.0.0.1:{}", stub.port())).expect("endpoint"),
-            key: Some(Secret::new(STUB_KEY.into())),
-            tls: Ok(TlsConfig::new(Some(stub.cert().as_path())).expect("trust the stub")),
-        };
+        let places = stub_target(&stub, PlacesApi::New);
         let endpoints = Endpoints { listen: loopback(0), peers: vec![] };
         let server = twin::spawn(Node::new(config, Instant::now()), endpoints, limits, places)
             .expect("spawn the twin");
@@ -436,12 +441,7 @@ mod whatsat {
         let stub = Stub::start(&["--delay-ms", "100"]);
         let mut config = NodeConfig::new("Hill", vec![]);
         config.whatsat = WhatsatPolicy::new(PlacesApi::Legacy, true);
-        let places = Target {
-            api: PlacesApi::Legacy,
-            endpoint: Endpoint::parse(&format!("https://127.0.0.1:{}", stub.port())).expect("endpoint"),
-            key: Some(Secret::new(STUB_KEY.into())),
-            tls: Ok(TlsConfig::new(Some(stub.cert().as_path())).expect("trust the stub")),
-        };
+        let places = stub_target(&stub, PlacesApi::Legacy);
         let endpoints = Endpoints { listen: loopback(0), peers: vec![] };
         let server = twin::spawn(Node::new(config, Instant::now()), endpoints, Limits::default(), places)
             .expect("spawn the twin");

@@ -267,6 +267,7 @@ impl Reactor {
                     }
                     token if token.0 >= PLACES_BASE => self.upstream.on_event(
                         self.poll.registry(),
+                        now,
                         token,
                         event.is_readable() || event.is_read_closed() || event.is_error(),
                         event.is_writable() || event.is_error(),
@@ -380,7 +381,7 @@ impl Reactor {
                     }
                 }
                 Output::Places { id, query } => self.upstream.start(self.poll.registry(), now, id, &query),
-                Output::CancelPlaces(id) => self.upstream.cancel(self.poll.registry(), id),
+                Output::CancelPlaces(id) => self.upstream.cancel(self.poll.registry(), now, id),
                 Output::Reply { conn, bytes } => self.deliver_reply(now, conn, &bytes),
             }
         }

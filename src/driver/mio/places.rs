@@ -73,9 +73,9 @@ impl Upstream {
     }
 
     /// The node gave up on `id`.
-    pub(super) fn cancel(&mut self, registry: &Registry, id: QueryId) {
+    pub(super) fn cancel(&mut self, registry: &Registry, now: Instant, id: QueryId) {
         self.client.cancel(id);
-        self.pump(registry, Instant::now());
+        self.pump(registry, now);
     }
 
     /// The waker fired: name resolution finished.
@@ -87,12 +87,18 @@ impl Upstream {
     }
 
     /// Readiness for the Places socket with this token.
-    pub(super) fn on_event(&mut self, registry: &Registry, token: Token, readable: bool, writable: bool) {
+    pub(super) fn on_event(
+        &mut self,
+        registry: &Registry,
+        now: Instant,
+        token: Token,
+        readable: bool,
+        writable: bool,
+    ) {
         let conn = (token.0 - PLACES_BASE) as ConnId;
         let Some(s) = self.sockets.get_mut(&conn) else { return };
         s.readable |= readable;
         s.writable |= writable;
-        let now = Instant::now();
         self.drive(now, conn);
         self.pump(registry, now);
     }
